@@ -1,0 +1,53 @@
+# The verbs everyone uses, locally and in CI (.ci/run calls `make test`).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install: `make install` is a no-op until pyproject.toml changes.
+STAMP := $(VENV)/.installed
+LINT_PATHS := fleetrun tests bench examples
+DIGITS := examples/digits
+
+.PHONY: help install demo test lint bench clean
+
+help:
+	@echo "make install  create .venv and install fleetrun with its dev and examples extras"
+	@echo "make demo     score the scikit-learn digits with the embedded broker and check accuracy"
+	@echo "make test     start RabbitMQ if needed, then run the test suite"
+	@echo "make lint     ruff check, ruff format --check, mypy --strict"
+	@echo "make bench    run the benchmarks"
+	@echo "make clean    remove demo data, demo output and build artefacts"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,examples]'
+	touch $@
+
+demo: install
+	$(BIN)/python $(DIGITS)/make_data.py
+	$(BIN)/fleetrun run $(DIGITS)/job.yaml
+	$(BIN)/python $(DIGITS)/check_accuracy.py $(DIGITS)/out
+
+# Any non-zero pytest exit fails the target, including 5 (no tests collected).
+test: install
+	scripts/ensure-rabbitmq
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy --strict fleetrun
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(DIGITS)/data $(DIGITS)/out $(DIGITS)/labels.csv
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

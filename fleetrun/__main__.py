@@ -1,0 +1,5 @@
+import sys
+
+from fleetrun.cli import main
+
+sys.exit(main())

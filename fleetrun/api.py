@@ -1,0 +1,84 @@
+"""``fleetrun.run``: run a job from Python, on the embedded broker or on RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from fleetrun.common.broker import connect
+from fleetrun.common.broker.embedded import EmbeddedBroker
+from fleetrun.common.spec import JobSpec, build_spec
+from fleetrun.coordinator.job import JobRun, Prepared, prepare
+from fleetrun.coordinator.outputs import Summary
+from fleetrun.coordinator.planner import PlanReport, describe_plan
+from fleetrun.coordinator.progress import Progress
+from fleetrun.worker.supervisor import Supervisor, WorkerSettings
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FLEETRUN_CACHE_DIR") or Path.home() / ".cache" / "fleetrun")
+
+
+def resolve(spec: JobSpec, base_dir: Path | None = None) -> JobSpec:
+    """Validate a spec built in Python and make its relative paths absolute (against the cwd)."""
+    return build_spec(spec.model_dump(), base_dir or Path.cwd(), source="the job spec")
+
+
+def run(
+    spec: JobSpec,
+    *,
+    broker: str | list[str] | None = None,
+    progress: Progress | None = None,
+) -> Summary:
+    """Run a job to its end and return its summary (also written to ``<output>/summary.json``).
+
+    Without ``broker`` (or ``FLEETRUN_BROKER``) the job runs on an embedded broker with
+    ``process_count_per_node`` local runners; with it, on every ``fleetrun worker`` of that
+    RabbitMQ broker.
+    """
+    spec = resolve(spec)
+    broker = broker or os.environ.get("FLEETRUN_BROKER") or None
+    prepared = prepare(spec)
+    if prepared.reused is not None:
+        if progress is not None:
+            progress.say(
+                f"Job {prepared.job_id} already finished with the same inputs, code and settings; "
+                "reusing its outputs (set allow_reuse: false to run it again)."
+            )
+        return prepared.reused
+    if broker:
+        with connect(broker, name=f"fleetrun-run-{socket.gethostname()}-{os.getpid()}") as conn:
+            return JobRun(prepared, conn, progress).run()
+    return _run_embedded(prepared, spec, progress)
+
+
+def _run_embedded(prepared: Prepared, spec: JobSpec, progress: Progress | None) -> Summary:
+    embedded = EmbeddedBroker()
+    worker_conn = embedded.connect()
+    settings = WorkerSettings(
+        processes=spec.process_count_per_node,
+        cache_dir=default_cache_dir(),
+        name=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    supervisor = Supervisor(worker_conn, settings)
+    thread = threading.Thread(target=supervisor.run, name="embedded-worker", daemon=True)
+    thread.start()
+    supervisor.wait_started(30)
+    interrupted = False
+    try:
+        return JobRun(prepared, embedded.connect(), progress).run()
+    except KeyboardInterrupt:
+        interrupted = True
+        supervisor.kill_runners()
+        raise
+    finally:
+        supervisor.stop()
+        thread.join(None if not interrupted else 10)
+        worker_conn.close()
+
+
+def plan(spec: JobSpec) -> PlanReport:
+    """The plan of a job (input and mini-batch counts) without running anything."""
+    return describe_plan(resolve(spec))

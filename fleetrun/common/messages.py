@@ -1,0 +1,91 @@
+"""The messages that cross the broker, and the records kept in a job's state folder.
+
+Messages carry references (URIs, ids, batch indexes), never file contents. A batch's result
+part starts with its :class:`BatchResult` as a JSON line, so the part alone is the durable
+record that the batch finished: a result message is only the fast signal of it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BATCH_QUEUE = "fleetrun.batches"
+CONTROL_EXCHANGE = "fleetrun.control"
+
+
+def results_queue(job_id: str) -> str:
+    return f"fleetrun.results.{job_id}"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Any:
+        return cls.model_validate_json(body)
+
+
+class BatchMessage(_Message):
+    """One mini-batch to run: which job, which inputs, and the tries already spent on it.
+
+    ``attempt`` counts the tries that fleetrun itself recorded when it republished the batch
+    after a failed try; tries lost to a dead holder are added from the broker's delivery count.
+    """
+
+    job_id: str
+    run_id: str
+    state_uri: str
+    index: int
+    items: list[str]
+    attempt: int = 1
+    storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ErrorInfo(BaseModel):
+    """One failed try, or one short return, as written to ``errors.jsonl``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    batch: int
+    attempt: int
+    items: list[str]
+    kind: str  # "exception", "timeout", "runner_died", "holder_lost", "short_return", ...
+    type: str
+    message: str
+    traceback: str = ""
+    host: str = Field(default_factory=socket.gethostname)
+    pid: int = Field(default_factory=os.getpid)
+    time: float = Field(default_factory=time.time)
+
+
+class BatchResult(_Message):
+    """How one batch ended, once and for all: the header of its result part."""
+
+    job_id: str
+    run_id: str
+    index: int
+    status: Literal["succeeded", "failed"]
+    items: int
+    succeeded: int
+    failed: int
+    attempt: int
+    failed_items: list[str] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    host: str = Field(default_factory=socket.gethostname)
+    pid: int = Field(default_factory=os.getpid)
+
+
+class StopJob(_Message):
+    """Broadcast to every worker: drop the remaining batches of this run of a job."""
+
+    job_id: str
+    run_id: str
+    reason: str

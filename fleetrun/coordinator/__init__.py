@@ -1,0 +1,1 @@
+"""The coordinator: plans a job, publishes its batches, collects results, writes the outputs."""

@@ -1,0 +1,276 @@
+"""One run of one job: plan, publish, collect results, enforce thresholds, write the outputs.
+
+``fleetrun run`` runs this in the foreground; the same code serves any coordinator. Publishing
+happens on a thread of its own, so batches go out while the listing goes on and while results
+come back; the calling thread collects results (:meth:`JobRun.run_once` is one step of that).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetrun.common import snapshot, storage
+from fleetrun.common.broker import Connection, Delivery
+from fleetrun.common.errors import ConnectionLost, FleetrunError
+from fleetrun.common.logging import get_logger
+from fleetrun.common.messages import (
+    BATCH_QUEUE,
+    CONTROL_EXCHANGE,
+    BatchMessage,
+    BatchResult,
+    StopJob,
+    results_queue,
+)
+from fleetrun.common.spec import JobSpec
+from fleetrun.coordinator.ledger import Ledger
+from fleetrun.coordinator.outputs import (
+    Status,
+    Summary,
+    make_summary,
+    read_summary,
+    write_output_file,
+    write_reports,
+    write_summary,
+)
+from fleetrun.coordinator.planner import plan_batches
+from fleetrun.coordinator.progress import Progress
+
+PUBLISH_WINDOW = 2000  # unconfirmed batch messages in flight; confirms pipeline up to this
+STALL_NOTICE_S = 60.0
+
+
+@dataclass
+class Prepared:
+    """A job ready to run: its id, its state written, and what earlier runs finished."""
+
+    spec: JobSpec
+    job_id: str
+    ledger: Ledger
+    reused: Summary | None = None
+
+
+def prepare(spec: JobSpec) -> Prepared:
+    """Snapshot the code, fix the job id, write the job's state; or find a finished twin."""
+    options = spec.storage_options
+    source = Path(storage.local_path(spec.source_directory))
+    exclude = [Path(storage.local_path(spec.output))] if storage.is_local(spec.output) else []
+    code, digest = snapshot.build(source, exclude=exclude)
+    job_id = spec.resolved_job_id(digest)
+    previous = read_summary(spec)
+    if previous is not None and previous.job_id == job_id:
+        if spec.allow_reuse and previous.status == "succeeded":
+            return Prepared(spec, job_id, Ledger(spec.state_uri, options), reused=previous)
+        if not spec.allow_reuse:
+            for folder in ("parts", "ledger", "errors"):
+                storage.remove_tree(storage.join(spec.state_uri, folder), options)
+    state = spec.state_uri
+    effective = spec.model_dump(mode="json") | {"job_id": job_id}
+    storage.write_bytes(storage.join(state, "spec.json"), JobSpec.model_validate(effective).model_dump_json(indent=2).encode(), options)
+    storage.write_bytes(storage.join(state, "code.zip"), code, options)
+    return Prepared(spec, job_id, Ledger.load(state, options))
+
+
+class JobRun:
+    """Runs a prepared job on the workers reachable through ``connection``."""
+
+    def __init__(self, prepared: Prepared, connection: Connection, progress: Progress | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = prepared.spec
+        self.job_id = prepared.job_id
+        self.ledger = prepared.ledger
+        self.conn = connection
+        self.progress = progress or Progress(enabled=False)
+        self.clock = clock
+        self.run_id = uuid.uuid4().hex[:12]
+        self.log = get_logger(job_id=self.job_id)
+        self.planned_batches = 0
+        self.planned_items = 0
+        self.listing_done = False
+        self.abort_reason = ""
+        self._stop_publishing = threading.Event()
+        self._publisher_error: BaseException | None = None
+        self._to_ack: list[Delivery] = []
+        self._last_progress = clock()
+        self._last_notice = clock()
+        self._started_wall = time.time()
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        conn = self.conn
+        conn.declare_queue(BATCH_QUEUE)
+        conn.declare_fanout(CONTROL_EXCHANGE)
+        conn.declare_queue(results_queue(self.job_id))
+        self.results = conn.consume(results_queue(self.job_id), prefetch=4000)
+        publisher = threading.Thread(target=self._publish_plan, name="publisher", daemon=True)
+        publisher.start()
+        try:
+            while not self.finished():
+                self.run_once()
+        finally:
+            self._stop_publishing.set()
+            publisher.join()
+            self.progress.close()
+        return self._finish()
+
+    def finished(self) -> bool:
+        if self._publisher_error is not None:
+            raise self._publisher_error
+        if self.abort_reason:
+            return True
+        return self.listing_done and len(self.ledger.results) >= self.planned_batches
+
+    def run_once(self, timeout: float = 0.2) -> None:
+        """Take the results that arrived, make them durable, check thresholds and progress."""
+        delivery = self.results.get(timeout)
+        while delivery is not None:
+            self._to_ack.append(delivery)
+            result = BatchResult.from_bytes(delivery.body)
+            if result.job_id == self.job_id and self.ledger.add(result):
+                self._last_progress = self.clock()
+            if len(self._to_ack) >= 1000:
+                break
+            delivery = self.results.get(0)
+        if self.ledger.due() or (self._to_ack and not self.ledger.unwritten):
+            self.ledger.write()
+            for d in self._to_ack:
+                self.results.ack(d)
+            self._to_ack.clear()
+        self._check_thresholds()
+        self.progress.update(self.ledger.counts, self.planned_batches, self.listing_done)
+        self._notice_stall()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _publish_plan(self) -> None:
+        try:
+            window: deque[tuple[Future[None], BatchMessage]] = deque()
+            for index, items in enumerate(plan_batches(self.spec)):
+                if self._stop_publishing.is_set():
+                    return
+                self.planned_items += len(items)
+                self.planned_batches = index + 1
+                if index in self.ledger.results:
+                    continue  # finished by an earlier run of this job
+                message = BatchMessage(
+                    job_id=self.job_id, run_id=self.run_id, state_uri=self.spec.state_uri,
+                    index=index, items=items, storage_options=self.spec.storage_options,
+                )
+                window.append((self._publish(message), message))
+                while len(window) >= PUBLISH_WINDOW:
+                    self._confirm(*window.popleft())
+            while window:
+                self._confirm(*window.popleft())
+            self.listing_done = True
+            self.log.debug("All batches published.", batches=self.planned_batches)
+        except BaseException as exc:
+            self._publisher_error = exc
+
+    def _publish(self, message: BatchMessage) -> Future[None]:
+        return self.conn.publish(BATCH_QUEUE, message.to_bytes())
+
+    def _confirm(self, future: Future[None], message: BatchMessage) -> None:
+        """Wait for the broker's confirm; publish again what a lost connection swallowed."""
+        for attempt in range(1, 100):
+            try:
+                future.result(timeout=120)
+                return
+            except ConnectionLost:
+                if self._stop_publishing.is_set():
+                    return
+                time.sleep(min(5.0, 0.2 * attempt))
+                future = self._publish(message)
+        raise FleetrunError(f"could not publish batch {message.index}: the broker keeps refusing it")
+
+    # -- thresholds and stalls -----------------------------------------------------------------
+
+    def _check_thresholds(self) -> None:
+        if self.abort_reason:
+            return
+        spec, c = self.spec, self.ledger.counts
+        if spec.error_threshold != -1 and c.items_failed > spec.error_threshold:
+            self._abort(f"{c.items_failed} items failed, more than error_threshold={spec.error_threshold}")
+        elif spec.allowed_failed_count != -1 and c.batches_failed > spec.allowed_failed_count:
+            self._abort(f"{c.batches_failed} mini-batches failed, more than allowed_failed_count={spec.allowed_failed_count}")
+        elif self.listing_done and self.planned_batches and spec.allowed_failed_percent < 100:
+            percent = 100.0 * c.batches_failed / self.planned_batches
+            if percent > spec.allowed_failed_percent:
+                self._abort(
+                    f"{percent:.1f}% of mini-batches failed ({c.batches_failed} of {self.planned_batches}), "
+                    f"more than allowed_failed_percent={spec.allowed_failed_percent:g}"
+                )
+
+    def _abort(self, reason: str) -> None:
+        """Drop the remaining batches: workers stop taking them, the publisher stops."""
+        self.abort_reason = reason
+        self._stop_publishing.set()
+        storage.write_bytes(storage.join(self.spec.state_uri, "stopped", self.run_id), reason.encode(), self.spec.storage_options)
+        stop = StopJob(job_id=self.job_id, run_id=self.run_id, reason=reason)
+        try:
+            self.conn.publish("", stop.to_bytes(), exchange=CONTROL_EXCHANGE).result(30)
+        except Exception as exc:  # the marker in storage stops the workers anyway
+            self.log.warning("Could not broadcast the stop; workers will see the marker.", error=str(exc))
+        self.progress.say(f"Aborting the job: {reason}.")
+
+    def _notice_stall(self) -> None:
+        now = self.clock()
+        if now - self._last_progress < STALL_NOTICE_S or now - self._last_notice < STALL_NOTICE_S:
+            return
+        self._last_notice = now
+        waiting = self.planned_batches - len(self.ledger.results)
+        try:
+            ready, consumers = self.conn.queue_depth(BATCH_QUEUE)
+        except FleetrunError:
+            ready, consumers = -1, -1
+        if consumers == 0:
+            self.progress.say(
+                f"No worker has taken a batch for {now - self._last_progress:.0f} s: {waiting} batches "
+                f"are waiting and no worker is connected to {self.conn.description}. Start one with: "
+                f"fleetrun worker --broker <URL>. Still waiting."
+            )
+        else:
+            self.progress.say(
+                f"No batch has finished for {now - self._last_progress:.0f} s ({waiting} waiting, "
+                f"{ready} queued, {consumers} workers connected): runs may be slow or stuck; tries "
+                f"are killed after run_invocation_timeout={self.spec.run_invocation_timeout:g} s. Still waiting."
+            )
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def _finish(self) -> Summary:
+        self.ledger.write()
+        for d in self._to_ack:
+            self.results.ack(d)
+        self._to_ack.clear()
+        spec, c = self.spec, self.ledger.counts
+        errors = write_reports(spec, self.ledger)
+        status: Status = "succeeded"
+        reason = f"all {self.planned_batches} mini-batches finished"
+        output: str | None = None
+        if self.abort_reason:
+            status, reason = "aborted", self.abort_reason
+        elif c.items and c.items == c.items_failed:
+            status = "failed"
+            first = errors[-1] if errors else None
+            reason = "run() did not process any item successfully" + (
+                f"; last error: {first.type}: {first.message}" if first else ""
+            )
+        if status != "aborted" and spec.output_action == "append_row":
+            output = write_output_file(spec, self.ledger, self.planned_batches)
+        summary = make_summary(
+            self.job_id, status, reason, self.ledger, self.planned_items, self.planned_batches,
+            self._started_wall, time.time(), output,
+        )
+        write_summary(spec, summary)
+        try:
+            self.results.cancel()
+            self.conn.delete_queue(results_queue(self.job_id))
+        except FleetrunError:
+            pass
+        return summary

@@ -1,0 +1,1 @@
+"""The worker: a supervisor that owns the broker connection, and runner processes for user code."""

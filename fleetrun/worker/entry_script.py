@@ -1,0 +1,121 @@
+"""Loading a user's entry script and holding it to the contract.
+
+``init()`` once, ``run(mini_batch)`` (or ``run(mini_batch, mini_batch_context)`` when it takes
+two parameters) per batch, optional ``shutdown()``. What ``run()`` returns is turned into output
+lines and counts here, the one place that knows the return-value rules.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fleetrun.common.errors import EntryScriptError
+
+
+@dataclass(frozen=True)
+class MiniBatchContext:
+    """The second argument of ``run(mini_batch, mini_batch_context)``."""
+
+    minibatch_index: int
+    partition_key_value: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What one successful ``run()`` call produced, in input order."""
+
+    lines: list[str]
+    succeeded: int
+    failed_items: list[str]  # known failures (the missing keys of a dict return)
+    shortfall: int  # failures whose items are unknown (a short list return)
+    warning: str = ""
+
+
+def load(script: Path, code_dir: Path) -> ModuleType:
+    """Import the entry script as a top-level module, with its folder importable."""
+    if not script.is_file():
+        raise EntryScriptError(f"entry script {script} does not exist")
+    sys.path.insert(0, str(code_dir))
+    if script.parent != code_dir:
+        sys.path.insert(0, str(script.parent))
+    name = script.stem
+    spec = importlib.util.spec_from_file_location(name, script)
+    if spec is None or spec.loader is None:
+        raise EntryScriptError(f"cannot import {script} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise EntryScriptError(f"{script} defines no run(mini_batch) function: add one")
+    return module
+
+
+def takes_context(run: Callable[..., Any]) -> bool:
+    """True when ``run`` accepts a second positional argument (the mini-batch context)."""
+    try:
+        params = list(inspect.signature(run).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
+
+
+def _lines_of_frame(frame: Any) -> list[str]:
+    if frame.empty:
+        return []
+    # ParallelRunStep's format: space-separated, no header, no index.
+    text: str = frame.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
+    return text.splitlines()
+
+
+def interpret(result: Any, inputs: Sequence[str]) -> Outcome:
+    """Apply the return-value rules of the contract to what ``run()`` returned."""
+    expected = len(inputs)
+    if isinstance(result, Mapping):
+        lines: list[str] = []
+        missing: list[str] = []
+        for item in inputs:
+            if item in result:
+                lines.append(str(result[item]))
+            else:
+                missing.append(item)
+        unknown = [k for k in result if k not in set(inputs)]
+        warning = f"ignored {len(unknown)} keys that are not inputs of the batch" if unknown else ""
+        return Outcome(lines, expected - len(missing), missing, 0, warning)
+    if _is_frame(result):
+        lines = _lines_of_frame(result)
+        count = len(result)
+    elif isinstance(result, list | tuple) or _is_array(result):
+        lines = [str(element) for element in result]
+        count = len(lines)
+    else:
+        raise EntryScriptError(
+            f"run() returned {type(result).__name__}; return a list, a tuple, an array, a "
+            "pandas DataFrame or a dict mapping each input to its result"
+        )
+    warning = ""
+    if count > expected:
+        # One element per input is the contract; extra elements are dropped, not guessed at.
+        warning = f"run() returned {count} elements for {expected} inputs; kept the first {expected}"
+        lines = lines[:expected]
+    succeeded = min(count, expected)
+    return Outcome(lines, succeeded, [], expected - succeeded, warning)
+
+
+def _is_frame(value: Any) -> bool:
+    return type(value).__name__ == "DataFrame" and hasattr(value, "to_csv")
+
+
+def _is_array(value: Any) -> bool:
+    return type(value).__name__ == "ndarray" and hasattr(value, "tolist")

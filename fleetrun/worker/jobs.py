@@ -1,0 +1,98 @@
+"""What a worker knows about each job it serves, loaded once from the job's state folder."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetrun.common import snapshot, storage
+from fleetrun.common.messages import BatchMessage
+from fleetrun.common.spec import JobSpec
+
+
+def stop_marker_uri(state_uri: str, run_id: str) -> str:
+    return storage.join(state_uri, "stopped", run_id)
+
+
+@dataclass
+class LoadedJob:
+    job_id: str
+    spec: JobSpec
+    state_uri: str
+    code_dir: Path
+    arguments: list[str]
+    work_dir: Path
+    stopped_runs: set[str] = field(default_factory=set)
+    running_runs: set[str] = field(default_factory=set)
+
+
+class JobCache:
+    """Loads a job's spec, code and side inputs on its first batch; shared by the runner slots."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self._cache_dir = cache_dir
+        self._jobs: dict[str, LoadedJob] = {}
+        self._lock = threading.Lock()
+        self._job_locks: dict[str, threading.Lock] = {}
+
+    def get(self, message: BatchMessage) -> LoadedJob:
+        with self._lock:
+            job = self._jobs.get(message.job_id)
+            lock = self._job_locks.setdefault(message.job_id, threading.Lock())
+        if job is not None:
+            return job
+        with lock:
+            job = self._jobs.get(message.job_id)
+            if job is None:
+                job = self._load(message)
+                with self._lock:
+                    self._jobs[message.job_id] = job
+            return job
+
+    def _load(self, message: BatchMessage) -> LoadedJob:
+        options = message.storage_options
+        state = message.state_uri
+        spec = JobSpec.model_validate_json(storage.read_bytes(storage.join(state, "spec.json"), options))
+        work_dir = self._cache_dir / "jobs" / message.job_id
+        code_dir = work_dir / "code"
+        snapshot.extract(storage.read_bytes(storage.join(state, "code.zip"), options), code_dir)
+        arguments = list(spec.arguments)
+        for name, uri in spec.side_inputs.items():
+            arguments += [f"--{name}", self._stage_side_input(uri, work_dir / "side" / name, options)]
+        return LoadedJob(message.job_id, spec, state, code_dir, arguments, work_dir)
+
+    @staticmethod
+    def _stage_side_input(uri: str, destination: Path, options: storage.StorageOptions) -> str:
+        """Local side inputs are used where they are; remote ones are fetched once per job."""
+        if storage.is_local(uri):
+            return storage.local_path(uri)
+        if not (destination / ".complete").exists():
+            fs, path = storage.filesystem(uri, options)
+            destination.mkdir(parents=True, exist_ok=True)
+            if fs.isdir(path):
+                fs.get(path.rstrip("/") + "/", str(destination) + "/", recursive=True)
+                (destination / ".complete").touch()
+                return str(destination)
+            fs.get(path, str(destination / Path(path).name))
+            (destination / ".complete").touch()
+        files = [p for p in destination.iterdir() if p.name != ".complete"]
+        return str(files[0]) if len(files) == 1 and files[0].is_file() else str(destination)
+
+    def is_stopped(self, job: LoadedJob, run_id: str) -> bool:
+        """Whether this run of the job was aborted or cancelled (checked once per run)."""
+        if run_id in job.stopped_runs:
+            return True
+        if run_id not in job.running_runs:
+            marker = stop_marker_uri(job.state_uri, run_id)
+            if storage.exists(marker, job.spec.storage_options):
+                job.stopped_runs.add(run_id)
+                return True
+            job.running_runs.add(run_id)
+        return False
+
+    def mark_stopped(self, job_id: str, run_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            job.stopped_runs.add(run_id)

@@ -1,0 +1,167 @@
+"""The runner: a child process that hosts the user's entry script for one job.
+
+It is started by the supervisor (:mod:`fleetrun.worker.runner_process`) with one end of a
+socket pair, runs ``init()`` once, then ``run()`` once per batch it is sent. It writes each
+batch's result part itself, so result rows never cross the pipe. Being a separate process is
+what lets the supervisor kill it at ``run_invocation_timeout`` while the broker connection's
+heartbeats go on, and what keeps a crash in user code (``os._exit``, a segfault, the OOM
+killer) from taking the worker down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from fleetrun import context
+from fleetrun.common import storage
+from fleetrun.common.logging import configure
+from fleetrun.common.messages import BatchResult, ErrorInfo
+from fleetrun.worker import entry_script
+from fleetrun.common.parts import encode_part, read_part_header
+
+
+def error_info(kind: str, exc: BaseException, batch: int, attempt: int, items: list[str]) -> ErrorInfo:
+    return ErrorInfo(
+        batch=batch,
+        attempt=attempt,
+        items=items,
+        kind=kind,
+        type=type(exc).__name__,
+        message=str(exc) or type(exc).__name__,
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+class Runner:
+    def __init__(self, setup: dict[str, Any]) -> None:
+        self.setup = setup
+        self.options = setup["storage_options"]
+        self.module: Any = None
+        self.with_context = False
+
+    def init(self) -> None:
+        setup = self.setup
+        code_dir = Path(setup["code_dir"])
+        sys.argv = [setup["entry_script"], *setup["arguments"]]
+        output_dir = Path(setup["output_dir"])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        context._set(job_id=setup["job_id"], output_dir=output_dir, worker=setup["worker"])
+        self.module = entry_script.load(code_dir / setup["entry_script"], code_dir)
+        self.with_context = entry_script.takes_context(self.module.run)
+        init = getattr(self.module, "init", None)
+        if callable(init):
+            init()
+
+    def run(self, task: dict[str, Any]) -> BatchResult:
+        index, attempt, items = task["index"], task["attempt"], task["items"]
+        context._set(minibatch_index=index, attempt=attempt)
+        mini_batch = task["local_paths"]
+        if self.with_context:
+            result = self.module.run(mini_batch, entry_script.MiniBatchContext(index))
+        else:
+            result = self.module.run(mini_batch)
+        # The script sees local paths; results and failures are reported by input URI.
+        by_local = dict(zip(mini_batch, items, strict=True))
+        if isinstance(result, dict):
+            result = {by_local.get(k, k): v for k, v in result.items()}
+        outcome = entry_script.interpret(result, items)
+        if outcome.warning:
+            context.logger.warning(outcome.warning)
+        self._upload_output_dir()
+        error = None
+        if outcome.shortfall or outcome.failed_items:
+            failed = outcome.shortfall + len(outcome.failed_items)
+            error = ErrorInfo(
+                batch=index,
+                attempt=attempt,
+                items=outcome.failed_items,
+                kind="short_return",
+                type="ShortReturn",
+                message=f"run() returned {len(items) - failed} of {len(items)}",
+            )
+        header = BatchResult(
+            job_id=task["job_id"],
+            run_id=task["run_id"],
+            index=index,
+            status="succeeded",
+            items=len(items),
+            succeeded=outcome.succeeded,
+            failed=len(items) - outcome.succeeded,
+            attempt=attempt,
+            failed_items=outcome.failed_items,
+            error=error,
+        )
+        data = encode_part(header, outcome.lines)
+        if storage.write_bytes(task["part_uri"], data, self.options, exclusive=True):
+            return header
+        # Another try of this batch finished first; its result stands.
+        return read_part_header(task["part_uri"], self.options)
+
+    def _upload_output_dir(self) -> None:
+        output_uri = self.setup["output_uri"]
+        if storage.is_local(output_uri):
+            return  # output_dir is the output folder itself
+        local = Path(self.setup["output_dir"])
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            relative = path.relative_to(local).as_posix()
+            storage.write_bytes(storage.join(output_uri, relative), path.read_bytes(), self.options)
+            path.unlink()
+
+    def shutdown(self) -> None:
+        shutdown = getattr(self.module, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+
+
+def serve(conn: Connection) -> None:
+    kind, setup = conn.recv()
+    assert kind == "init"
+    configure(setup["logging_level"], json=setup.get("json_logs"))
+    runner = Runner(setup)
+    try:
+        runner.init()
+    except BaseException as exc:  # noqa: BLE001 - anything init() raises fails this try
+        conn.send(("failed", error_info("init_failed", exc, -1, 0, []).model_dump()))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return  # the supervisor is gone
+        if message[0] == "stop":
+            try:
+                runner.shutdown()
+            finally:
+                conn.send(("bye", None))
+            return
+        task = message[1]
+        try:
+            header = runner.run(task)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in run() fails the try too
+            info = error_info("exception", exc, task["index"], task["attempt"], task["items"])
+            conn.send(("failed", info.model_dump()))
+            continue
+        conn.send(("done", header.model_dump_json()))
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    conn = Connection(fd)
+    # User code printing to stdout must not mix with anything of ours; it goes to the
+    # worker's own stdout, as ParallelRunStep's does to its logs.
+    try:
+        serve(conn)
+    finally:
+        conn.close()
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: user threads must not keep a runner alive
+
+
+if __name__ == "__main__":
+    main()

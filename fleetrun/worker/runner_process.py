@@ -1,0 +1,150 @@
+"""The supervisor's handle on one runner child process: start, send a batch, wait, kill.
+
+A try ends in one of four ways: ``done``, ``failed`` (``run()`` or ``init()`` raised),
+``timeout`` (the runner is killed, with everything it started) or ``died`` (the runner exited
+on its own: ``os._exit``, a signal, the OOM killer).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from fleetrun.common.messages import BatchResult, ErrorInfo
+
+
+@dataclass
+class TryResult:
+    kind: str  # "done" | "failed" | "timeout" | "died"
+    result: BatchResult | None = None
+    error: ErrorInfo | None = None
+
+
+def _signal_name(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+    return f"was killed by {name}{hint}"
+
+
+class RunnerProcess:
+    """One runner child, bound to one job for its whole life."""
+
+    def __init__(self, job_id: str, setup: Mapping[str, Any], env: Mapping[str, str], cwd: Path) -> None:
+        self.job_id = job_id
+        self._setup = dict(setup)
+        parent, child = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fleetrun.worker.runner", str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            env=dict(env),
+            cwd=cwd,
+            # Its own process group, so a timeout kills whatever user code started too.
+            start_new_session=True,
+        )
+        child.close()
+        self._conn = Connection(parent.detach())
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self, timeout: float) -> TryResult:
+        """Send the job setup and wait for ``init()`` to finish."""
+        self._conn.send(("init", self._setup))
+        outcome = self._wait(timeout, batch=-1, attempt=0, items=[], what="init()")
+        if outcome.kind == "ready":
+            self.ready = True
+        return outcome
+
+    def run(self, task: Mapping[str, Any], timeout: float) -> TryResult:
+        try:
+            self._conn.send(("run", dict(task)))
+        except OSError:
+            pass  # it died between batches; _wait reports how
+        return self._wait(timeout, task["index"], task["attempt"], task["items"], "run()")
+
+    def _wait(self, timeout: float, batch: int, attempt: int, items: list[str], what: str) -> TryResult:
+        def error(kind: str, type_: str, message: str) -> ErrorInfo:
+            return ErrorInfo(batch=batch, attempt=attempt, items=items, kind=kind, type=type_, message=message, pid=self.pid)
+
+        try:
+            ready = self._conn.poll(timeout)
+        except (OSError, EOFError):
+            ready = True
+        if not ready:
+            self.kill()
+            return TryResult(
+                "timeout",
+                error=error(
+                    "timeout",
+                    "Timeout",
+                    f"{what} ran past run_invocation_timeout ({timeout:g} s); the runner was "
+                    "killed. Raise run_invocation_timeout or make the batches smaller.",
+                ),
+            )
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._reap()
+            return TryResult(
+                "died",
+                error=error("runner_died", "RunnerDied", f"the runner process (pid {self.pid}) {_signal_name(code)} during {what}"),
+            )
+        if kind == "done":
+            return TryResult("done", result=BatchResult.model_validate_json(payload))
+        if kind == "failed":
+            info = ErrorInfo.model_validate(payload)
+            if batch >= 0 or info.batch < 0:
+                info = info.model_copy(update={"batch": batch, "attempt": attempt, "items": items})
+            return TryResult("failed", error=info)
+        return TryResult(kind)
+
+    def _reap(self, grace: float = 5.0) -> int:
+        try:
+            return self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Ask for ``shutdown()`` and exit; kill the runner if it does not go in time."""
+        if self.alive() and self.ready:
+            try:
+                self._conn.send(("stop", None))
+                if self._conn.poll(grace):
+                    self._conn.recv()
+            except (OSError, EOFError):
+                pass
+        deadline = time.monotonic() + grace
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.kill()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._conn.close()
