@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fleetrun.common.broker import connect
 from fleetrun.common.broker.embedded import EmbeddedBroker
+from fleetrun.common.messages import Topology
 from fleetrun.common.spec import JobSpec, build_spec
 from fleetrun.coordinator.job import JobRun, Prepared, prepare
 from fleetrun.coordinator.outputs import Summary
@@ -31,6 +32,7 @@ def run(
     *,
     broker: str | list[str] | None = None,
     progress: Progress | None = None,
+    namespace: str | None = None,
 ) -> Summary:
     """Run a job to its end and return its summary (also written to ``<output>/summary.json``).
 
@@ -40,6 +42,7 @@ def run(
     """
     spec = resolve(spec)
     broker = broker or os.environ.get("FLEETRUN_BROKER") or None
+    topology = Topology(namespace or os.environ.get("FLEETRUN_NAMESPACE") or "fleetrun")
     prepared = prepare(spec)
     if prepared.reused is not None:
         if progress is not None:
@@ -50,17 +53,20 @@ def run(
         return prepared.reused
     if broker:
         with connect(broker, name=f"fleetrun-run-{socket.gethostname()}-{os.getpid()}") as conn:
-            return JobRun(prepared, conn, progress).run()
-    return _run_embedded(prepared, spec, progress)
+            return JobRun(prepared, conn, progress, topology).run()
+    return _run_embedded(prepared, spec, progress, topology)
 
 
-def _run_embedded(prepared: Prepared, spec: JobSpec, progress: Progress | None) -> Summary:
+def _run_embedded(
+    prepared: Prepared, spec: JobSpec, progress: Progress | None, topology: Topology
+) -> Summary:
     embedded = EmbeddedBroker()
     worker_conn = embedded.connect()
     settings = WorkerSettings(
         processes=spec.process_count_per_node,
         cache_dir=default_cache_dir(),
         name=f"{socket.gethostname()}:{os.getpid()}",
+        namespace=topology.namespace,
     )
     supervisor = Supervisor(worker_conn, settings)
     thread = threading.Thread(target=supervisor.run, name="embedded-worker", daemon=True)
@@ -68,7 +74,7 @@ def _run_embedded(prepared: Prepared, spec: JobSpec, progress: Progress | None) 
     supervisor.wait_started(30)
     interrupted = False
     try:
-        return JobRun(prepared, embedded.connect(), progress).run()
+        return JobRun(prepared, embedded.connect(), progress, topology).run()
     except KeyboardInterrupt:
         interrupted = True
         supervisor.kill_runners()

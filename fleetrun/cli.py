@@ -32,6 +32,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
 EXIT_STOPPED_NOW = 130
+NAMESPACE_HELP = "prefix of the queue names, to keep fleets on one broker apart (default: $FLEETRUN_NAMESPACE or fleetrun)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     run = job_command("run", "Run a job to its end and write its outputs.")
     run.add_argument("--broker", help="RabbitMQ URL(s), comma-separated; default: $FLEETRUN_BROKER, else the embedded broker")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--namespace", default=None, help=NAMESPACE_HELP)
     job_command("plan", "Print the plan (inputs, mini-batches) without running anything.")
 
     worker = commands.add_parser(
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=int, default=0, help="runner processes (default: the number of CPUs)")
     worker.add_argument("--prefetch", type=int, default=0, help="batches held at once (default: 2 per runner)")
     worker.add_argument("--cache-dir", type=Path, default=None, help="local cache for code and staged inputs (default: $FLEETRUN_CACHE_DIR or ~/.cache/fleetrun)")
+    worker.add_argument("--namespace", default=None, help=NAMESPACE_HELP)
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser
 
@@ -82,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.job, parse_overrides(args.overrides))
     configure(spec.logging_level if spec.logging_level != "INFO" else "WARNING")
     progress = Progress(enabled=not args.quiet)
-    summary = run_job(spec, broker=args.broker, progress=progress)
+    summary = run_job(spec, broker=args.broker, progress=progress, namespace=args.namespace)
     _print_summary(summary.model_dump(), summary.status, summary.job_id, summary.output)
     if summary.status != "succeeded":
         print(f"Reason: {summary.reason}. Details: {spec.output}/errors.jsonl", file=sys.stderr)
@@ -107,6 +110,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         prefetch=args.prefetch,
         cache_dir=args.cache_dir or default_cache_dir(),
         name=f"{socket.gethostname()}:{os.getpid()}",
+        namespace=args.namespace or os.environ.get("FLEETRUN_NAMESPACE") or "fleetrun",
     )
     conn = connect(broker, name=f"fleetrun-worker-{settings.name}")
     supervisor = Supervisor(conn, settings)

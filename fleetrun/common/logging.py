@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -16,24 +17,56 @@ class _PikaNoise(logging.Filter):
         return record.levelno >= logging.WARNING and "connection_workflow" not in record.name
 
 
-def configure(level: str = "INFO", *, json: bool | None = None) -> None:
-    """Configure structlog and the standard library's logging for this process."""
+class _FileAndConsole:
+    """The last processor when logging to a file: every event to the file, warnings on."""
+
+    def __init__(self, path: str, console_level: int) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+        self._console_level = console_level
+
+    def write(self, line: str, level: str) -> None:
+        self._file.write(line + "\n")
+        if logging.getLevelName(level.upper()) >= self._console_level:
+            print(line, file=sys.stderr, flush=True)
+
+
+def configure(
+    level: str = "INFO", *, json: bool | None = None, log_file: str | None = None
+) -> None:
+    """Configure structlog and the standard library's logging for this process.
+
+    With ``log_file`` every event goes to that file (as JSON lines) and only warnings and
+    errors to the console: how runners keep a user's per-item logging out of the terminal.
+    """
     as_json = (not sys.stderr.isatty()) if json is None else json
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if as_json
+        if as_json or log_file
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+    if log_file:
+        tee = _FileAndConsole(log_file, logging.WARNING)
+
+        def render_and_write(logger: Any, method: str, event: Any) -> Any:
+            level_name = str(event.get("level", "info"))
+            tee.write(renderer(logger, method, event), level_name)
+            raise structlog.DropEvent
+
+        processors.append(render_and_write)
+    else:
+        processors.append(renderer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -10,16 +10,35 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-BATCH_QUEUE = "fleetrun.batches"
-CONTROL_EXCHANGE = "fleetrun.control"
 
+@dataclass(frozen=True)
+class Topology:
+    """The broker's queue and exchange names.
 
-def results_queue(job_id: str) -> str:
-    return f"fleetrun.results.{job_id}"
+    A namespace keeps several fleets (or test runs) on one broker apart; the vhost of the
+    broker URL does the same with stronger walls.
+    """
+
+    namespace: str = "fleetrun"
+
+    @property
+    def batches(self) -> str:
+        """The one queue every job's batches go to; every worker consumes it."""
+        return f"{self.namespace}.batches"
+
+    @property
+    def control(self) -> str:
+        """The fanout exchange that tells every worker a job was stopped."""
+        return f"{self.namespace}.control"
+
+    def results(self, job_id: str) -> str:
+        """A job's results queue, read by its coordinator."""
+        return f"{self.namespace}.results.{job_id}"
 
 
 class _Message(BaseModel):
@@ -43,6 +62,7 @@ class BatchMessage(_Message):
     job_id: str
     run_id: str
     state_uri: str
+    reply_to: str  # the job's results queue
     index: int
     items: list[str]
     attempt: int = 1

@@ -21,12 +21,10 @@ from fleetrun.common.broker import Connection, Delivery
 from fleetrun.common.errors import ConnectionLost, FleetrunError
 from fleetrun.common.logging import get_logger
 from fleetrun.common.messages import (
-    BATCH_QUEUE,
-    CONTROL_EXCHANGE,
     BatchMessage,
     BatchResult,
     StopJob,
-    results_queue,
+    Topology,
 )
 from fleetrun.common.spec import JobSpec
 from fleetrun.coordinator.ledger import Ledger
@@ -80,7 +78,15 @@ def prepare(spec: JobSpec) -> Prepared:
 class JobRun:
     """Runs a prepared job on the workers reachable through ``connection``."""
 
-    def __init__(self, prepared: Prepared, connection: Connection, progress: Progress | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        connection: Connection,
+        progress: Progress | None = None,
+        topology: Topology | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topology = topology or Topology()
         self.spec = prepared.spec
         self.job_id = prepared.job_id
         self.ledger = prepared.ledger
@@ -104,10 +110,12 @@ class JobRun:
 
     def run(self) -> Summary:
         conn = self.conn
-        conn.declare_queue(BATCH_QUEUE)
-        conn.declare_fanout(CONTROL_EXCHANGE)
-        conn.declare_queue(results_queue(self.job_id))
-        self.results = conn.consume(results_queue(self.job_id), prefetch=4000)
+        topology = self.topology
+        conn.declare_queue(topology.batches)
+        conn.declare_fanout(topology.control)
+        conn.declare_queue(topology.results(self.job_id))
+        # A deep prefetch: results are acked in bulk, once a ledger write made them durable.
+        self.results = conn.consume(topology.results(self.job_id), prefetch=4000)
         publisher = threading.Thread(target=self._publish_plan, name="publisher", daemon=True)
         publisher.start()
         try:
@@ -160,7 +168,7 @@ class JobRun:
                     continue  # finished by an earlier run of this job
                 message = BatchMessage(
                     job_id=self.job_id, run_id=self.run_id, state_uri=self.spec.state_uri,
-                    index=index, items=items, storage_options=self.spec.storage_options,
+                    reply_to=self.topology.results(self.job_id), index=index, items=items, storage_options=self.spec.storage_options,
                 )
                 window.append((self._publish(message), message))
                 while len(window) >= PUBLISH_WINDOW:
@@ -173,7 +181,7 @@ class JobRun:
             self._publisher_error = exc
 
     def _publish(self, message: BatchMessage) -> Future[None]:
-        return self.conn.publish(BATCH_QUEUE, message.to_bytes())
+        return self.conn.publish(self.topology.batches, message.to_bytes())
 
     def _confirm(self, future: Future[None], message: BatchMessage) -> None:
         """Wait for the broker's confirm; publish again what a lost connection swallowed."""
@@ -213,7 +221,7 @@ class JobRun:
         storage.write_bytes(storage.join(self.spec.state_uri, "stopped", self.run_id), reason.encode(), self.spec.storage_options)
         stop = StopJob(job_id=self.job_id, run_id=self.run_id, reason=reason)
         try:
-            self.conn.publish("", stop.to_bytes(), exchange=CONTROL_EXCHANGE).result(30)
+            self.conn.publish("", stop.to_bytes(), exchange=self.topology.control).result(30)
         except Exception as exc:  # the marker in storage stops the workers anyway
             self.log.warning("Could not broadcast the stop; workers will see the marker.", error=str(exc))
         self.progress.say(f"Aborting the job: {reason}.")
@@ -225,7 +233,7 @@ class JobRun:
         self._last_notice = now
         waiting = self.planned_batches - len(self.ledger.results)
         try:
-            ready, consumers = self.conn.queue_depth(BATCH_QUEUE)
+            ready, consumers = self.conn.queue_depth(self.topology.batches)
         except FleetrunError:
             ready, consumers = -1, -1
         if consumers == 0:
@@ -270,7 +278,7 @@ class JobRun:
         write_summary(spec, summary)
         try:
             self.results.cancel()
-            self.conn.delete_queue(results_queue(self.job_id))
+            self.conn.delete_queue(self.topology.results(self.job_id))
         except FleetrunError:
             pass
         return summary

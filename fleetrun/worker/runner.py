@@ -121,7 +121,7 @@ class Runner:
 def serve(conn: Connection) -> None:
     kind, setup = conn.recv()
     assert kind == "init"
-    configure(setup["logging_level"], json=setup.get("json_logs"))
+    configure(setup["logging_level"], json=True, log_file=setup["log_file"])
     runner = Runner(setup)
     try:
         runner.init()

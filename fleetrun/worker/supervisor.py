@@ -30,13 +30,11 @@ from fleetrun.common import storage
 from fleetrun.common.broker import Connection, Consumer, Delivery
 from fleetrun.common.logging import get_logger
 from fleetrun.common.messages import (
-    BATCH_QUEUE,
-    CONTROL_EXCHANGE,
     BatchMessage,
     BatchResult,
     ErrorInfo,
     StopJob,
-    results_queue,
+    Topology,
 )
 from fleetrun.common.parts import encode_part, part_uri, read_part_header
 from fleetrun.worker.jobs import JobCache, LoadedJob
@@ -59,6 +57,7 @@ class WorkerSettings:
     idle_runner_timeout: float = 300.0
     json_logs: bool | None = None
     gpu_count: int = 0
+    namespace: str = "fleetrun"
 
     @property
     def effective_prefetch(self) -> int:
@@ -83,6 +82,7 @@ class Supervisor:
     def __init__(self, connection: Connection, settings: WorkerSettings) -> None:
         self._conn = connection
         self.settings = settings
+        self.topology = Topology(settings.namespace)
         self._jobs = JobCache(settings.cache_dir)
         self._slots = [_Slot(i) for i in range(settings.processes)]
         self._stopping = threading.Event()
@@ -96,13 +96,14 @@ class Supervisor:
 
     def run(self) -> int:
         conn = self._conn
-        conn.declare_queue(BATCH_QUEUE)
-        conn.declare_fanout(CONTROL_EXCHANGE)
-        control_queue = f"fleetrun.control.{self.settings.name}.{uuid.uuid4().hex[:8]}"
+        topology = self.topology
+        conn.declare_queue(topology.batches)
+        conn.declare_fanout(topology.control)
+        control_queue = f"{topology.control}.{self.settings.name}.{uuid.uuid4().hex[:8]}"
         conn.declare_queue(control_queue, exclusive=True)
-        conn.bind(control_queue, CONTROL_EXCHANGE)
+        conn.bind(control_queue, topology.control)
         control = conn.consume(control_queue, prefetch=50)
-        self._batches = conn.consume(BATCH_QUEUE, prefetch=self.settings.effective_prefetch)
+        self._batches = conn.consume(topology.batches, prefetch=self.settings.effective_prefetch)
         threads = [
             threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{slot.index}", daemon=True)
             for slot in self._slots
@@ -149,7 +150,7 @@ class Supervisor:
     def _hand_back(self, consumer: Consumer) -> None:
         """Prefetched batches that no runner started go back unchanged, costing no try."""
         while (delivery := consumer.get(timeout=0.3)) is not None:
-            self._after(self._conn.publish(BATCH_QUEUE, delivery.body), lambda ok, d=delivery: consumer.ack(d) if ok else None)
+            self._after(self._conn.publish(self.topology.batches, delivery.body), lambda ok, d=delivery: consumer.ack(d) if ok else None)
 
     def _after(self, future: Future[None], then: Callable[[bool], None]) -> None:
         with self._pending_lock:
@@ -230,7 +231,7 @@ class Supervisor:
         part = part_uri(job.state_uri, message.index)
         if storage.exists(part, options):
             # Finished before (by this or another worker): announce it again, run nothing.
-            self._publish_result(consumer, delivery, job, read_part_header(part, options))
+            self._publish_result(consumer, delivery, message.reply_to, read_part_header(part, options))
             return
         attempt = message.attempt + delivery.prior_returns()
         log = log.bind(attempt=attempt)
@@ -250,7 +251,7 @@ class Supervisor:
         outcome = self._run_try(slot, job, message, attempt)
         if outcome.kind == "done" and outcome.result is not None:
             log.debug("Batch done.")
-            self._publish_result(consumer, delivery, job, outcome.result)
+            self._publish_result(consumer, delivery, message.reply_to, outcome.result)
             return
         error = outcome.error or ErrorInfo(batch=message.index, attempt=attempt, items=message.items, kind=outcome.kind, type="Unknown", message=outcome.kind)
         log.warning("Try failed.", kind=error.kind, error=f"{error.type}: {error.message}"[:300])
@@ -259,7 +260,7 @@ class Supervisor:
             self._fail_batch(consumer, delivery, job, message, attempt, error)
             return
         retry = message.model_copy(update={"attempt": attempt + 1})
-        self._after(self._conn.publish(BATCH_QUEUE, retry.to_bytes()), lambda ok: consumer.ack(delivery) if ok else None)
+        self._after(self._conn.publish(self.topology.batches, retry.to_bytes()), lambda ok: consumer.ack(delivery) if ok else None)
 
     def _run_try(self, slot: _Slot, job: LoadedJob, message: BatchMessage, attempt: int) -> TryResult:
         spec = job.spec
@@ -320,7 +321,8 @@ class Supervisor:
             "logging_level": spec.logging_level,
             "storage_options": spec.storage_options,
             "worker": self.settings.name,
-            "json_logs": self.settings.json_logs,
+            # The script's own logging goes to a file per runner; warnings also to the console.
+            "log_file": str(job.work_dir / "logs" / f"runner-{slot.index}.jsonl"),
         }
         return RunnerProcess(job.job_id, setup, env, job.code_dir)
 
@@ -338,12 +340,12 @@ class Supervisor:
         part = part_uri(job.state_uri, message.index)
         if not storage.write_bytes(part, encode_part(header, []), job.spec.storage_options, exclusive=True):
             header = read_part_header(part, job.spec.storage_options)
-        self._publish_result(consumer, delivery, job, header)
+        self._publish_result(consumer, delivery, message.reply_to, header)
 
-    def _publish_result(self, consumer: Consumer, delivery: Delivery, job: LoadedJob, header: BatchResult) -> None:
+    def _publish_result(self, consumer: Consumer, delivery: Delivery, reply_to: str, header: BatchResult) -> None:
         # Acked once the result is confirmed, or refused because the job's coordinator is gone:
         # either way the part in storage is the durable record.
-        future = self._conn.publish(results_queue(job.job_id), header.to_bytes())
+        future = self._conn.publish(reply_to, header.to_bytes())
         self._after(future, lambda _ok: consumer.ack(delivery))
 
 
