@@ -1,10 +1,10 @@
 """fleetrun: run an init()/run(mini_batch) entry script over many files on a fleet of machines.
 
-    import fleetrun
+import fleetrun
 
-    spec = fleetrun.load_spec("job.yaml")
-    summary = fleetrun.run(spec)                      # embedded broker, local runners
-    summary = fleetrun.run(spec, broker="amqp://...")  # every fleetrun worker on RabbitMQ
+spec = fleetrun.load_spec("job.yaml")
+summary = fleetrun.run(spec)                      # embedded broker, local runners
+summary = fleetrun.run(spec, broker="amqp://...")  # every fleetrun worker on RabbitMQ
 """
 
 from fleetrun.api import plan, run

@@ -32,13 +32,17 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
 EXIT_STOPPED_NOW = 130
-NAMESPACE_HELP = "prefix of the queue names, to keep fleets on one broker apart (default: $FLEETRUN_NAMESPACE or fleetrun)"
+NAMESPACE_HELP = (
+    "prefix of the queue names, to keep fleets on one broker apart "
+    "(default: $FLEETRUN_NAMESPACE or fleetrun)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetrun",
-        description="Run an init()/run(mini_batch) entry script over many files, on one machine or a fleet.",
+        description="Run an init()/run(mini_batch) entry script over many files, "
+        "on one machine or a fleet.",
         epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,13 +52,21 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_, description=help_)
         command.add_argument("job", help="the job file (YAML or JSON)")
         command.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a spec value, e.g. --set mini_batch_size=5 (repeatable)",
         )
         return command
 
     run = job_command("run", "Run a job to its end and write its outputs.")
-    run.add_argument("--broker", help="RabbitMQ URL(s), comma-separated; default: $FLEETRUN_BROKER, else the embedded broker")
+    run.add_argument(
+        "--broker",
+        help="RabbitMQ URL(s), comma-separated; "
+        "default: $FLEETRUN_BROKER, else the embedded broker",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--namespace", default=None, help=NAMESPACE_HELP)
     job_command("plan", "Print the plan (inputs, mini-batches) without running anything.")
@@ -66,18 +78,34 @@ def _parser() -> argparse.ArgumentParser:
         "drains (no new batches; the held ones finish or go back; exit 0); a second signal "
         "stops at once (exit 130).",
     )
-    worker.add_argument("--broker", help="RabbitMQ URL(s), comma-separated; default: $FLEETRUN_BROKER")
-    worker.add_argument("--processes", type=int, default=0, help="runner processes (default: the number of CPUs)")
-    worker.add_argument("--prefetch", type=int, default=0, help="batches held at once (default: 2 per runner)")
-    worker.add_argument("--cache-dir", type=Path, default=None, help="local cache for code and staged inputs (default: $FLEETRUN_CACHE_DIR or ~/.cache/fleetrun)")
+    worker.add_argument(
+        "--broker", help="RabbitMQ URL(s), comma-separated; default: $FLEETRUN_BROKER"
+    )
+    worker.add_argument(
+        "--processes", type=int, default=0, help="runner processes (default: the number of CPUs)"
+    )
+    worker.add_argument(
+        "--prefetch", type=int, default=0, help="batches held at once (default: 2 per runner)"
+    )
+    worker.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="local cache for code and staged inputs "
+        "(default: $FLEETRUN_CACHE_DIR or ~/.cache/fleetrun)",
+    )
     worker.add_argument("--namespace", default=None, help=NAMESPACE_HELP)
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser
 
 
-def _print_summary(summary_json: dict[str, object], status: str, job_id: str, output: str | None) -> None:
+def _print_summary(
+    summary_json: dict[str, object], status: str, job_id: str, output: str | None
+) -> None:
     print(json.dumps(summary_json, indent=2))
-    verdict = {"succeeded": "succeeded", "aborted": "was aborted", "failed": "failed"}.get(status, status)
+    verdict = {"succeeded": "succeeded", "aborted": "was aborted", "failed": "failed"}.get(
+        status, status
+    )
     print(f"Job {job_id} {verdict}." + (f" Output: {output}" if output else ""), file=sys.stderr)
 
 
@@ -104,7 +132,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     configure(args.log_level)
     broker = args.broker or os.environ.get("FLEETRUN_BROKER")
     if not broker:
-        raise SpecError("fleetrun worker needs --broker amqp://user:pass@host:5672/vhost (or FLEETRUN_BROKER)")
+        raise SpecError(
+            "fleetrun worker needs --broker amqp://user:pass@host:5672/vhost (or FLEETRUN_BROKER)"
+        )
     settings = WorkerSettings(
         processes=args.processes or os.cpu_count() or 1,
         prefetch=args.prefetch,

@@ -31,7 +31,9 @@ def read_part_header(uri: str, options: StorageOptions | None = None) -> BatchRe
     return result
 
 
-def iter_part_body(uri: str, options: StorageOptions | None = None, chunk: int = 1 << 20) -> Iterator[bytes]:
+def iter_part_body(
+    uri: str, options: StorageOptions | None = None, chunk: int = 1 << 20
+) -> Iterator[bytes]:
     """The output lines of a part, in chunks, without its header line."""
     with storage.open_file(uri, "rb", options) as handle:
         handle.readline()

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from fleetrun.common.errors import SpecError
 
-_SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
+_SKIP_DIRS = {
+    "__pycache__",
+    ".git",
+    ".venv",
+    "venv",
+    ".mypy_cache",
+    ".pytest_cache",
+    "node_modules",
+}
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
 
@@ -40,7 +48,9 @@ def build(source_directory: Path, exclude: list[Path] | None = None) -> tuple[by
                         "out of it (pass data as inputs or side_inputs) or point "
                         "source_directory at a folder with just the code"
                     )
-                info = zipfile.ZipInfo(path.relative_to(source_directory).as_posix(), (1980, 1, 1, 0, 0, 0))
+                info = zipfile.ZipInfo(
+                    path.relative_to(source_directory).as_posix(), (1980, 1, 1, 0, 0, 0)
+                )
                 info.external_attr = (path.stat().st_mode & 0o777) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, path.read_bytes())

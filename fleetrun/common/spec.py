@@ -116,7 +116,9 @@ class JobSpec(BaseModel):
                 "use input_format: files"
             )
         if self.partition_keys:
-            raise ValueError("partition_keys applies to tabular inputs, which are not available yet")
+            raise ValueError(
+                "partition_keys applies to tabular inputs, which are not available yet"
+            )
         size = self.mini_batch_size
         if isinstance(size, str):
             if not size.strip().isdigit():
@@ -185,9 +187,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return overrides
 
 
-def build_spec(
-    raw: Mapping[str, Any], base_dir: Path, source: str = "the job spec"
-) -> JobSpec:
+def build_spec(raw: Mapping[str, Any], base_dir: Path, source: str = "the job spec") -> JobSpec:
     """Validate a raw mapping and resolve its relative paths against ``base_dir``."""
     try:
         spec = JobSpec.model_validate(dict(raw))
@@ -213,9 +213,7 @@ def build_spec(
     return resolved
 
 
-def load_spec(
-    path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
-) -> JobSpec:
+def load_spec(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> JobSpec:
     """Read a YAML or JSON job file, apply ``--set`` overrides, validate and resolve it."""
     job_file = Path(path)
     try:

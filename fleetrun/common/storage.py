@@ -8,6 +8,7 @@ there.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import posixpath
@@ -57,7 +58,8 @@ def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[Any, st
     protocol = protocol_of(uri)
     kwargs = dict((options or {}).get(protocol, {}))
     try:
-        return url_to_fs(uri, **kwargs)
+        fs, path = url_to_fs(uri, **kwargs)
+        return fs, str(path)
     except ImportError as exc:
         extra = {"s3": "s3", "az": "azure", "abfs": "azure", "gs": "gcs", "gcs": "gcs"}
         hint = f"pip install 'fleetrun[{extra.get(protocol, protocol)}]'"
@@ -134,7 +136,7 @@ def open_file(uri: str, mode: str = "rb", options: StorageOptions | None = None)
     if is_local(uri):
         if "w" in mode:
             os.makedirs(os.path.dirname(local_path(uri)) or ".", exist_ok=True)
-        return open(local_path(uri), mode)  # noqa: SIM115 - the caller closes it
+        return open(local_path(uri), mode)
     return fsspec.open(uri, mode, **dict((options or {}).get(protocol_of(uri), {}))).open()  # type: ignore[no-any-return]
 
 
@@ -169,10 +171,8 @@ def write_bytes(
         return True
     finally:
         if temporary:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
-            except FileNotFoundError:
-                pass
 
 
 def list_names(uri: str, options: StorageOptions | None = None) -> list[str]:
@@ -193,7 +193,5 @@ def list_names(uri: str, options: StorageOptions | None = None) -> list[str]:
 def remove_tree(uri: str, options: StorageOptions | None = None) -> None:
     """Delete a folder and everything below it; absent is fine."""
     fs, path = filesystem(uri, options)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass

@@ -70,7 +70,11 @@ def prepare(spec: JobSpec) -> Prepared:
                 storage.remove_tree(storage.join(spec.state_uri, folder), options)
     state = spec.state_uri
     effective = spec.model_dump(mode="json") | {"job_id": job_id}
-    storage.write_bytes(storage.join(state, "spec.json"), JobSpec.model_validate(effective).model_dump_json(indent=2).encode(), options)
+    storage.write_bytes(
+        storage.join(state, "spec.json"),
+        JobSpec.model_validate(effective).model_dump_json(indent=2).encode(),
+        options,
+    )
     storage.write_bytes(storage.join(state, "code.zip"), code, options)
     return Prepared(spec, job_id, Ledger.load(state, options))
 
@@ -167,8 +171,13 @@ class JobRun:
                 if index in self.ledger.results:
                     continue  # finished by an earlier run of this job
                 message = BatchMessage(
-                    job_id=self.job_id, run_id=self.run_id, state_uri=self.spec.state_uri,
-                    reply_to=self.topology.results(self.job_id), index=index, items=items, storage_options=self.spec.storage_options,
+                    job_id=self.job_id,
+                    run_id=self.run_id,
+                    state_uri=self.spec.state_uri,
+                    reply_to=self.topology.results(self.job_id),
+                    index=index,
+                    items=items,
+                    storage_options=self.spec.storage_options,
                 )
                 window.append((self._publish(message), message))
                 while len(window) >= PUBLISH_WINDOW:
@@ -194,7 +203,9 @@ class JobRun:
                     return
                 time.sleep(min(5.0, 0.2 * attempt))
                 future = self._publish(message)
-        raise FleetrunError(f"could not publish batch {message.index}: the broker keeps refusing it")
+        raise FleetrunError(
+            f"could not publish batch {message.index}: the broker keeps refusing it"
+        )
 
     # -- thresholds and stalls -----------------------------------------------------------------
 
@@ -203,14 +214,20 @@ class JobRun:
             return
         spec, c = self.spec, self.ledger.counts
         if spec.error_threshold != -1 and c.items_failed > spec.error_threshold:
-            self._abort(f"{c.items_failed} items failed, more than error_threshold={spec.error_threshold}")
+            self._abort(
+                f"{c.items_failed} items failed, more than error_threshold={spec.error_threshold}"
+            )
         elif spec.allowed_failed_count != -1 and c.batches_failed > spec.allowed_failed_count:
-            self._abort(f"{c.batches_failed} mini-batches failed, more than allowed_failed_count={spec.allowed_failed_count}")
+            self._abort(
+                f"{c.batches_failed} mini-batches failed, "
+                f"more than allowed_failed_count={spec.allowed_failed_count}"
+            )
         elif self.listing_done and self.planned_batches and spec.allowed_failed_percent < 100:
             percent = 100.0 * c.batches_failed / self.planned_batches
             if percent > spec.allowed_failed_percent:
                 self._abort(
-                    f"{percent:.1f}% of mini-batches failed ({c.batches_failed} of {self.planned_batches}), "
+                    f"{percent:.1f}% of mini-batches failed "
+                    f"({c.batches_failed} of {self.planned_batches}), "
                     f"more than allowed_failed_percent={spec.allowed_failed_percent:g}"
                 )
 
@@ -218,12 +235,18 @@ class JobRun:
         """Drop the remaining batches: workers stop taking them, the publisher stops."""
         self.abort_reason = reason
         self._stop_publishing.set()
-        storage.write_bytes(storage.join(self.spec.state_uri, "stopped", self.run_id), reason.encode(), self.spec.storage_options)
+        storage.write_bytes(
+            storage.join(self.spec.state_uri, "stopped", self.run_id),
+            reason.encode(),
+            self.spec.storage_options,
+        )
         stop = StopJob(job_id=self.job_id, run_id=self.run_id, reason=reason)
         try:
             self.conn.publish("", stop.to_bytes(), exchange=self.topology.control).result(30)
         except Exception as exc:  # the marker in storage stops the workers anyway
-            self.log.warning("Could not broadcast the stop; workers will see the marker.", error=str(exc))
+            self.log.warning(
+                "Could not broadcast the stop; workers will see the marker.", error=str(exc)
+            )
         self.progress.say(f"Aborting the job: {reason}.")
 
     def _notice_stall(self) -> None:
@@ -238,15 +261,17 @@ class JobRun:
             ready, consumers = -1, -1
         if consumers == 0:
             self.progress.say(
-                f"No worker has taken a batch for {now - self._last_progress:.0f} s: {waiting} batches "
-                f"are waiting and no worker is connected to {self.conn.description}. Start one with: "
-                f"fleetrun worker --broker <URL>. Still waiting."
+                f"No worker has taken a batch for {now - self._last_progress:.0f} s: "
+                f"{waiting} batches are waiting and no worker is connected to "
+                f"{self.conn.description}. Start one with: fleetrun worker --broker <URL>. "
+                "Still waiting."
             )
         else:
             self.progress.say(
                 f"No batch has finished for {now - self._last_progress:.0f} s ({waiting} waiting, "
                 f"{ready} queued, {consumers} workers connected): runs may be slow or stuck; tries "
-                f"are killed after run_invocation_timeout={self.spec.run_invocation_timeout:g} s. Still waiting."
+                f"are killed after run_invocation_timeout={self.spec.run_invocation_timeout:g} s. "
+                "Still waiting."
             )
 
     # -- the end -------------------------------------------------------------------------------
@@ -272,8 +297,15 @@ class JobRun:
         if status != "aborted" and spec.output_action == "append_row":
             output = write_output_file(spec, self.ledger, self.planned_batches)
         summary = make_summary(
-            self.job_id, status, reason, self.ledger, self.planned_items, self.planned_batches,
-            self._started_wall, time.time(), output,
+            self.job_id,
+            status,
+            reason,
+            self.ledger,
+            self.planned_items,
+            self.planned_batches,
+            self._started_wall,
+            time.time(),
+            output,
         )
         write_summary(spec, summary)
         try:

@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 from pydantic import BaseModel
 
@@ -98,13 +98,17 @@ def collect_errors(spec: JobSpec, ledger: Ledger) -> list[ErrorInfo]:
     """Every failed try (recorded by the workers) and every short return, in batch order."""
     folder = storage.join(spec.state_uri, "errors")
     errors = [
-        ErrorInfo.model_validate_json(storage.read_bytes(storage.join(folder, name), spec.storage_options))
+        ErrorInfo.model_validate_json(
+            storage.read_bytes(storage.join(folder, name), spec.storage_options)
+        )
         for name in storage.list_names(folder, spec.storage_options)
         if name.endswith(".json")
     ]
     errors = [e for e in errors if e.batch in ledger.results]
     errors += [
-        r.error for r in ledger.results.values() if r.error is not None and r.error.kind == "short_return"
+        r.error
+        for r in ledger.results.values()
+        if r.error is not None and r.error.kind == "short_return"
     ]
     return sorted(errors, key=lambda e: (e.batch, e.attempt, e.kind))
 
@@ -114,7 +118,9 @@ def write_reports(spec: JobSpec, ledger: Ledger) -> list[ErrorInfo]:
     options = spec.storage_options
     failed = [item for i in sorted(ledger.results) for item in ledger.results[i].failed_items]
     storage.write_bytes(
-        storage.join(spec.output, "failed_items.txt"), "".join(f"{x}\n" for x in failed).encode(), options
+        storage.join(spec.output, "failed_items.txt"),
+        "".join(f"{x}\n" for x in failed).encode(),
+        options,
     )
     errors = collect_errors(spec, ledger)
     storage.write_bytes(
@@ -142,8 +148,15 @@ def read_summary(spec: JobSpec) -> Summary | None:
 
 
 def make_summary(
-    job_id: str, status: Status, reason: str, ledger: Ledger, total_items: int, total_batches: int,
-    started: float, finished: float, output: str | None,
+    job_id: str,
+    status: Status,
+    reason: str,
+    ledger: Ledger,
+    total_items: int,
+    total_batches: int,
+    started: float,
+    finished: float,
+    output: str | None,
 ) -> Summary:
     c = ledger.counts
     # Items of batches never run (an aborted job) count neither as succeeded nor as failed.
@@ -151,7 +164,9 @@ def make_summary(
         job_id=job_id,
         status=status,
         reason=reason,
-        items=ItemCounts(total=total_items, succeeded=c.items - c.items_failed, failed=c.items_failed),
+        items=ItemCounts(
+            total=total_items, succeeded=c.items - c.items_failed, failed=c.items_failed
+        ),
         mini_batches=BatchCounts(
             total=total_batches,
             succeeded=c.batches - c.batches_failed,
@@ -163,5 +178,3 @@ def make_summary(
         duration_s=round(finished - started, 3),
         output=output,
     )
-
-

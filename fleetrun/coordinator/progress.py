@@ -21,7 +21,9 @@ class Progress:
         self._start = time.monotonic()
         self._width = 0
 
-    def update(self, counts: Counts, planned: int, listing_done: bool, *, force: bool = False) -> None:
+    def update(
+        self, counts: Counts, planned: int, listing_done: bool, *, force: bool = False
+    ) -> None:
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.interval):
             return

@@ -107,7 +107,9 @@ def interpret(result: Any, inputs: Sequence[str]) -> Outcome:
     warning = ""
     if count > expected:
         # One element per input is the contract; extra elements are dropped, not guessed at.
-        warning = f"run() returned {count} elements for {expected} inputs; kept the first {expected}"
+        warning = (
+            f"run() returned {count} elements for {expected} inputs; kept the first {expected}"
+        )
         lines = lines[:expected]
     succeeded = min(count, expected)
     return Outcome(lines, succeeded, [], expected - succeeded, warning)

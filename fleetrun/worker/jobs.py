@@ -53,13 +53,18 @@ class JobCache:
     def _load(self, message: BatchMessage) -> LoadedJob:
         options = message.storage_options
         state = message.state_uri
-        spec = JobSpec.model_validate_json(storage.read_bytes(storage.join(state, "spec.json"), options))
+        spec = JobSpec.model_validate_json(
+            storage.read_bytes(storage.join(state, "spec.json"), options)
+        )
         work_dir = self._cache_dir / "jobs" / message.job_id
         code_dir = work_dir / "code"
         snapshot.extract(storage.read_bytes(storage.join(state, "code.zip"), options), code_dir)
         arguments = list(spec.arguments)
         for name, uri in spec.side_inputs.items():
-            arguments += [f"--{name}", self._stage_side_input(uri, work_dir / "side" / name, options)]
+            arguments += [
+                f"--{name}",
+                self._stage_side_input(uri, work_dir / "side" / name, options),
+            ]
         return LoadedJob(message.job_id, spec, state, code_dir, arguments, work_dir)
 
     @staticmethod

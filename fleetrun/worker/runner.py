@@ -21,11 +21,13 @@ from fleetrun import context
 from fleetrun.common import storage
 from fleetrun.common.logging import configure
 from fleetrun.common.messages import BatchResult, ErrorInfo
-from fleetrun.worker import entry_script
 from fleetrun.common.parts import encode_part, read_part_header
+from fleetrun.worker import entry_script
 
 
-def error_info(kind: str, exc: BaseException, batch: int, attempt: int, items: list[str]) -> ErrorInfo:
+def error_info(
+    kind: str, exc: BaseException, batch: int, attempt: int, items: list[str]
+) -> ErrorInfo:
     return ErrorInfo(
         batch=batch,
         attempt=attempt,
@@ -125,7 +127,7 @@ def serve(conn: Connection) -> None:
     runner = Runner(setup)
     try:
         runner.init()
-    except BaseException as exc:  # noqa: BLE001 - anything init() raises fails this try
+    except BaseException as exc:
         conn.send(("failed", error_info("init_failed", exc, -1, 0, []).model_dump()))
         return
     conn.send(("ready", None))
@@ -143,7 +145,7 @@ def serve(conn: Connection) -> None:
         task = message[1]
         try:
             header = runner.run(task)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit in run() fails the try too
+        except BaseException as exc:
             info = error_info("exception", exc, task["index"], task["attempt"], task["items"])
             conn.send(("failed", info.model_dump()))
             continue

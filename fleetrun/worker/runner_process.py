@@ -7,6 +7,7 @@ on its own: ``os._exit``, a signal, the OOM killer).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,7 +44,9 @@ def _signal_name(returncode: int) -> str:
 class RunnerProcess:
     """One runner child, bound to one job for its whole life."""
 
-    def __init__(self, job_id: str, setup: Mapping[str, Any], env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(
+        self, job_id: str, setup: Mapping[str, Any], env: Mapping[str, str], cwd: Path
+    ) -> None:
         self.job_id = job_id
         self._setup = dict(setup)
         parent, child = socket.socketpair()
@@ -72,15 +75,23 @@ class RunnerProcess:
         return outcome
 
     def run(self, task: Mapping[str, Any], timeout: float) -> TryResult:
-        try:
+        with contextlib.suppress(OSError):  # it died between batches; _wait reports how
             self._conn.send(("run", dict(task)))
-        except OSError:
-            pass  # it died between batches; _wait reports how
         return self._wait(timeout, task["index"], task["attempt"], task["items"], "run()")
 
-    def _wait(self, timeout: float, batch: int, attempt: int, items: list[str], what: str) -> TryResult:
+    def _wait(
+        self, timeout: float, batch: int, attempt: int, items: list[str], what: str
+    ) -> TryResult:
         def error(kind: str, type_: str, message: str) -> ErrorInfo:
-            return ErrorInfo(batch=batch, attempt=attempt, items=items, kind=kind, type=type_, message=message, pid=self.pid)
+            return ErrorInfo(
+                batch=batch,
+                attempt=attempt,
+                items=items,
+                kind=kind,
+                type=type_,
+                message=message,
+                pid=self.pid,
+            )
 
         try:
             ready = self._conn.poll(timeout)
@@ -103,7 +114,11 @@ class RunnerProcess:
             code = self._reap()
             return TryResult(
                 "died",
-                error=error("runner_died", "RunnerDied", f"the runner process (pid {self.pid}) {_signal_name(code)} during {what}"),
+                error=error(
+                    "runner_died",
+                    "RunnerDied",
+                    f"the runner process (pid {self.pid}) {_signal_name(code)} during {what}",
+                ),
             )
         if kind == "done":
             return TryResult("done", result=BatchResult.model_validate_json(payload))
@@ -139,12 +154,8 @@ class RunnerProcess:
         self.kill()
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
         self._conn.close()

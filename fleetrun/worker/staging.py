@@ -43,6 +43,4 @@ def stage(items: list[str], folder: Path, options: StorageOptions) -> StagedBatc
         entry[2].append(local[uri])
     for fs, paths, targets in by_fs.values():
         fs.get(paths, targets)  # type: ignore[attr-defined]  # fsspec fetches these concurrently
-    return StagedBatch(
-        [local.get(uri, storage.local_path(uri)) for uri in items], folder
-    )
+    return StagedBatch([local.get(uri, storage.local_path(uri)) for uri in items], folder)

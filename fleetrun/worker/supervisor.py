@@ -22,7 +22,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -105,10 +104,16 @@ class Supervisor:
         control = conn.consume(control_queue, prefetch=50)
         self._batches = conn.consume(topology.batches, prefetch=self.settings.effective_prefetch)
         threads = [
-            threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{slot.index}", daemon=True)
+            threading.Thread(
+                target=self._slot_loop, args=(slot,), name=f"slot-{slot.index}", daemon=True
+            )
             for slot in self._slots
         ]
-        threads.append(threading.Thread(target=self._control_loop, args=(control,), name="control", daemon=True))
+        threads.append(
+            threading.Thread(
+                target=self._control_loop, args=(control,), name="control", daemon=True
+            )
+        )
         for thread in threads:
             thread.start()
         self._started.set()
@@ -150,7 +155,18 @@ class Supervisor:
     def _hand_back(self, consumer: Consumer) -> None:
         """Prefetched batches that no runner started go back unchanged, costing no try."""
         while (delivery := consumer.get(timeout=0.3)) is not None:
-            self._after(self._conn.publish(self.topology.batches, delivery.body), lambda ok, d=delivery: consumer.ack(d) if ok else None)
+            self._after(
+                self._conn.publish(self.topology.batches, delivery.body),
+                self._ack_if_published(consumer, delivery),
+            )
+
+    @staticmethod
+    def _ack_if_published(consumer: Consumer, delivery: Delivery) -> Callable[[bool], None]:
+        def then(published: bool) -> None:
+            if published:
+                consumer.ack(delivery)
+
+        return then
 
     def _after(self, future: Future[None], then: Callable[[bool], None]) -> None:
         with self._pending_lock:
@@ -181,7 +197,9 @@ class Supervisor:
             try:
                 stop = StopJob.from_bytes(delivery.body)
                 self._jobs.mark_stopped(stop.job_id, stop.run_id)
-                self.log.info("Job stopped; dropping its batches.", job_id=stop.job_id, reason=stop.reason)
+                self.log.info(
+                    "Job stopped; dropping its batches.", job_id=stop.job_id, reason=stop.reason
+                )
             except ValidationError:
                 pass
             control.ack(delivery)
@@ -197,7 +215,10 @@ class Supervisor:
                 self._stopping.set()
                 return
             if delivery is None:
-                if slot.runner is not None and time.monotonic() - slot.last_used > self.settings.idle_runner_timeout:
+                if (
+                    slot.runner is not None
+                    and time.monotonic() - slot.last_used > self.settings.idle_runner_timeout
+                ):
                     slot.runner.stop()
                     slot.runner = None
                 continue
@@ -231,20 +252,35 @@ class Supervisor:
         part = part_uri(job.state_uri, message.index)
         if storage.exists(part, options):
             # Finished before (by this or another worker): announce it again, run nothing.
-            self._publish_result(consumer, delivery, message.reply_to, read_part_header(part, options))
+            self._publish_result(
+                consumer, delivery, message.reply_to, read_part_header(part, options)
+            )
             return
         attempt = message.attempt + delivery.prior_returns()
         log = log.bind(attempt=attempt)
         for lost in range(message.attempt, attempt):
-            self._record_error(job, ErrorInfo(
-                batch=message.index, attempt=lost, items=message.items, kind="holder_lost", type="HolderLost",
-                message=f"try {lost} was lost: the worker holding the batch stopped before finishing it "
-                "(killed, crashed, or cut off from the broker)",
-            ))
+            self._record_error(
+                job,
+                ErrorInfo(
+                    batch=message.index,
+                    attempt=lost,
+                    items=message.items,
+                    kind="holder_lost",
+                    type="HolderLost",
+                    message=f"try {lost} was lost: the worker holding the batch stopped "
+                    "before finishing it "
+                    "(killed, crashed, or cut off from the broker)",
+                ),
+            )
         if attempt > job.spec.run_max_try:
             last = ErrorInfo(
-                batch=message.index, attempt=attempt - 1, items=message.items, kind="holder_lost", type="HolderLost",
-                message=f"the batch's holder was lost on its last allowed try (run_max_try={job.spec.run_max_try})",
+                batch=message.index,
+                attempt=attempt - 1,
+                items=message.items,
+                kind="holder_lost",
+                type="HolderLost",
+                message="the batch's holder was lost on its last allowed try "
+                f"(run_max_try={job.spec.run_max_try})",
             )
             self._fail_batch(consumer, delivery, job, message, attempt - 1, last)
             return
@@ -253,16 +289,28 @@ class Supervisor:
             log.debug("Batch done.")
             self._publish_result(consumer, delivery, message.reply_to, outcome.result)
             return
-        error = outcome.error or ErrorInfo(batch=message.index, attempt=attempt, items=message.items, kind=outcome.kind, type="Unknown", message=outcome.kind)
+        error = outcome.error or ErrorInfo(
+            batch=message.index,
+            attempt=attempt,
+            items=message.items,
+            kind=outcome.kind,
+            type="Unknown",
+            message=outcome.kind,
+        )
         log.warning("Try failed.", kind=error.kind, error=f"{error.type}: {error.message}"[:300])
         self._record_error(job, error)
         if attempt >= job.spec.run_max_try:
             self._fail_batch(consumer, delivery, job, message, attempt, error)
             return
         retry = message.model_copy(update={"attempt": attempt + 1})
-        self._after(self._conn.publish(self.topology.batches, retry.to_bytes()), lambda ok: consumer.ack(delivery) if ok else None)
+        self._after(
+            self._conn.publish(self.topology.batches, retry.to_bytes()),
+            self._ack_if_published(consumer, delivery),
+        )
 
-    def _run_try(self, slot: _Slot, job: LoadedJob, message: BatchMessage, attempt: int) -> TryResult:
+    def _run_try(
+        self, slot: _Slot, job: LoadedJob, message: BatchMessage, attempt: int
+    ) -> TryResult:
         spec = job.spec
         timeout = spec.run_invocation_timeout
         runner = slot.runner
@@ -276,11 +324,17 @@ class Supervisor:
                 slot.discard_runner()
                 error = started.error
                 if error is not None:
-                    error = error.model_copy(update={"batch": message.index, "attempt": attempt, "items": message.items})
+                    error = error.model_copy(
+                        update={"batch": message.index, "attempt": attempt, "items": message.items}
+                    )
                     if error.kind in ("exception", "timeout", "runner_died"):
                         error = error.model_copy(update={"kind": "init_failed"})
                 return TryResult("failed", error=error)
-        staged = stage(message.items, job.work_dir / "inputs" / f"{slot.index}-{message.index}", spec.storage_options)
+        staged = stage(
+            message.items,
+            job.work_dir / "inputs" / f"{slot.index}-{message.index}",
+            spec.storage_options,
+        )
         try:
             task = {
                 "job_id": job.job_id,
@@ -330,22 +384,39 @@ class Supervisor:
         uri = error_record_uri(job.state_uri, error.batch, error.attempt)
         storage.write_bytes(uri, error.model_dump_json().encode(), job.spec.storage_options)
 
-    def _fail_batch(self, consumer: Consumer, delivery: Delivery, job: LoadedJob, message: BatchMessage, attempt: int, error: ErrorInfo) -> None:
+    def _fail_batch(
+        self,
+        consumer: Consumer,
+        delivery: Delivery,
+        job: LoadedJob,
+        message: BatchMessage,
+        attempt: int,
+        error: ErrorInfo,
+    ) -> None:
         """After the last allowed try: every item of the batch failed, with the last error."""
         header = BatchResult(
-            job_id=job.job_id, run_id=message.run_id, index=message.index, status="failed",
-            items=len(message.items), succeeded=0, failed=len(message.items), attempt=attempt,
-            failed_items=message.items, error=error,
+            job_id=job.job_id,
+            run_id=message.run_id,
+            index=message.index,
+            status="failed",
+            items=len(message.items),
+            succeeded=0,
+            failed=len(message.items),
+            attempt=attempt,
+            failed_items=message.items,
+            error=error,
         )
         part = part_uri(job.state_uri, message.index)
-        if not storage.write_bytes(part, encode_part(header, []), job.spec.storage_options, exclusive=True):
+        if not storage.write_bytes(
+            part, encode_part(header, []), job.spec.storage_options, exclusive=True
+        ):
             header = read_part_header(part, job.spec.storage_options)
         self._publish_result(consumer, delivery, message.reply_to, header)
 
-    def _publish_result(self, consumer: Consumer, delivery: Delivery, reply_to: str, header: BatchResult) -> None:
+    def _publish_result(
+        self, consumer: Consumer, delivery: Delivery, reply_to: str, header: BatchResult
+    ) -> None:
         # Acked once the result is confirmed, or refused because the job's coordinator is gone:
         # either way the part in storage is the durable record.
         future = self._conn.publish(reply_to, header.to_bytes())
         self._after(future, lambda _ok: consumer.ack(delivery))
-
-

@@ -31,12 +31,14 @@ class Delivery:
     def prior_returns(self) -> int:
         """How many times the broker handed this message out before and got it back unacked.
 
-        Quorum queues count returns in ``x-delivery-count`` (3.10–4.2: every return; 4.3+: only
+        Quorum queues count returns in ``x-delivery-count`` (3.10-4.2: every return; 4.3+: only
         failed ones) and, from 4.3, every hand-out in ``x-acquired-count``. Taking the largest
         of both, and at least 1 when ``redelivered`` is set, is right on every version, and so
         is a crash of the holder costing the message a try.
         """
-        counts = [int(self.headers.get(h, 0) or 0) for h in ("x-delivery-count", "x-acquired-count")]
+        counts = [
+            int(self.headers.get(h, 0) or 0) for h in ("x-delivery-count", "x-acquired-count")
+        ]
         return max(*counts, 1 if self.redelivered else 0)
 
 

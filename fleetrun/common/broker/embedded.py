@@ -108,7 +108,8 @@ class _EmbeddedConsumer(Consumer):
     def _settle(self, delivery: Delivery) -> _Message | None:
         if delivery.channel is not self:
             return None
-        return self.unacked.pop(delivery.tag, None)
+        message: _Message | None = self.unacked.pop(delivery.tag, None)
+        return message
 
     def ack(self, delivery: Delivery) -> None:
         with self._broker._lock:

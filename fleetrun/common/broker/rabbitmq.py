@@ -165,7 +165,10 @@ class RabbitConnection(Connection):
         conn.channel(on_open_callback=self._on_publish_channel)
 
     def _on_open_error(self, conn: pika.SelectConnection, error: BaseException) -> None:
-        if isinstance(error, pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError):
+        if isinstance(
+            error,
+            pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
+        ):
             self._fatal = error  # wrong credentials or vhost: retrying will not help
             self._ready.set()
         elif not self._ready.is_set() and self._attempt >= 3 * len(self._urls):
@@ -197,7 +200,11 @@ class RabbitConnection(Connection):
         channel.add_on_close_callback(self._on_channel_closed)
         self._replay(list(self._declared.values()), self._after_replay)
 
-    def _replay(self, steps: list[Callable[[Channel, Callable[[Any], None]], None]], done: Callable[[], None]) -> None:
+    def _replay(
+        self,
+        steps: list[Callable[[Channel, Callable[[Any], None]], None]],
+        done: Callable[[], None],
+    ) -> None:
         if not steps or self._channel is None:
             done()
             return
@@ -254,7 +261,9 @@ class RabbitConnection(Connection):
             else:
                 future.set_result(None)
 
-    def _on_return(self, channel: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
+    def _on_return(
+        self, channel: Channel, method: Any, props: BasicProperties, body: bytes
+    ) -> None:
         if props.message_id:
             self._returned.add(props.message_id)
 
@@ -412,9 +421,7 @@ class RabbitConnection(Connection):
             consumer.channel = channel
             consumer.outstanding = []
             channel.add_on_close_callback(functools.partial(self._on_consumer_closed, consumer))
-            channel.add_on_cancel_callback(
-                lambda _frame: self._on_broker_cancel(consumer, channel)
-            )
+            channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(consumer, channel))
 
             def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
                 if ch is not consumer.channel:
@@ -435,7 +442,9 @@ class RabbitConnection(Connection):
 
         conn.channel(on_open_callback=on_channel)
 
-    def _on_consumer_closed(self, consumer: _RabbitConsumer, channel: Channel, reason: BaseException) -> None:
+    def _on_consumer_closed(
+        self, consumer: _RabbitConsumer, channel: Channel, reason: BaseException
+    ) -> None:
         if channel is not consumer.channel:
             return
         consumer.channel = None
@@ -446,14 +455,20 @@ class RabbitConnection(Connection):
             return
         # A consumer timeout (406 on 3.10-4.2) or a queue error closes only the channel: the
         # broker has requeued what it held. Open a fresh channel and carry on.
-        if not consumer.cancelled and not self._closing and self._conn is not None and self._conn.is_open:
+        if (
+            not consumer.cancelled
+            and not self._closing
+            and self._conn is not None
+            and self._conn.is_open
+        ):
             log.warning("consumer channel on %s closed (%s); reopening", consumer.queue, reason)
             self._open_consumer(consumer)
 
     def _on_broker_cancel(self, consumer: _RabbitConsumer, channel: Channel) -> None:
         # 4.3+ cancels a timed-out consumer instead of closing its channel.
-        if channel is consumer.channel and channel.is_open:
-            channel.close()
+        current = consumer.channel
+        if current is not None and current is channel and current.is_open:
+            current.close()
 
     def _cancel_on_loop(self, consumer: _RabbitConsumer) -> None:
         channel = consumer.channel
