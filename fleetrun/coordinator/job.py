@@ -58,7 +58,12 @@ def prepare(spec: JobSpec) -> Prepared:
     """Snapshot the code, fix the job id, write the job's state; or find a finished twin."""
     options = spec.storage_options
     source = Path(storage.local_path(spec.source_directory))
-    exclude = [Path(storage.local_path(spec.output))] if storage.is_local(spec.output) else []
+    # Data folders inside the source folder (the output, local input folders) are not code.
+    exclude = [
+        Path(storage.local_path(uri))
+        for uri in [spec.output, *spec.inputs]
+        if storage.is_local(uri) and Path(storage.local_path(uri)).is_dir()
+    ]
     code, digest = snapshot.build(source, exclude=exclude)
     job_id = spec.resolved_job_id(digest)
     previous = read_summary(spec)
