@@ -25,6 +25,23 @@ OutputAction = Literal["append_row", "summary_only"]
 LoggingLevel = Literal["WARNING", "INFO", "DEBUG"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SECRET_OPTIONS = {
+    "key",
+    "secret",
+    "token",
+    "password",
+    "account_key",
+    "connection_string",
+    "sas_token",
+    "credential",
+    "credentials",
+    "client_secret",
+    "access_key",
+    "secret_key",
+    "session_token",
+    "aws_secret_access_key",
+    "aws_session_token",
+}
 _FORBIDDEN_FILE_NAME_CHARS = set('~"#%&*:<>?/\\{}|')
 # Keys that change what a batch produces; everything else (thresholds, tries, timeouts, fleet
 # size) may change between runs of one job without invalidating its finished batches.
@@ -94,6 +111,23 @@ class JobSpec(BaseModel):
         bad = sorted(_FORBIDDEN_FILE_NAME_CHARS.intersection(value))
         if not value or bad:
             raise ValueError(f"a plain file name is needed; remove {''.join(bad) or 'nothing'}")
+        return value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials_in_the_spec(
+        cls, value: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        for protocol, options in value.items():
+            secrets = sorted(k for k in options if k.lower() in _SECRET_OPTIONS)
+            if secrets:
+                raise ValueError(
+                    f"{protocol}: {', '.join(secrets)} would put credentials in the job spec, "
+                    "which is stored with the job and sent to every worker; set them in the "
+                    "environment "
+                    "instead (AZURE_STORAGE_CONNECTION_STRING, AWS_ACCESS_KEY_ID, ...) and keep "
+                    "only endpoints, regions and the like here"
+                )
         return value
 
     @field_validator("logging_level", mode="before")

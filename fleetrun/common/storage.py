@@ -1,21 +1,26 @@
-"""Storage access: every read, write and listing goes through here, on fsspec.
+"""Storage access: every read, write and listing of fleetrun goes through here, on fsspec.
 
-Local paths take a faster road for two things fsspec does not promise: atomic replacement
-(write to a temporary name, then rename or link) and first-writer-wins creation. Object stores
-(S3, Azure Blob, GCS) give both whole-or-nothing objects by themselves, so a plain put is used
-there.
+Two things fsspec does not promise are added here. Atomic writes on a local disk (write to a
+temporary name, then rename, or hard-link for first-writer-wins); object stores (S3, Azure
+Blob, GCS) make each object whole-or-absent by themselves. And errors that tell a person what
+to do: a third-party exception is retried when it is transient (a timeout, a 5xx, throttling)
+and otherwise translated into a :class:`StorageError` naming the URI and the likely fix.
+``FileNotFoundError`` is kept as it is, since a missing object is often an expected outcome.
+
+Credentials never pass through here: the SDKs find them in the environment or their standard
+chains (``AZURE_STORAGE_CONNECTION_STRING``, ``AWS_*``, managed identities, instance roles).
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
 import posixpath
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -23,7 +28,14 @@ from fsspec.core import url_to_fs
 from fleetrun.common.errors import StorageError
 
 StorageOptions = Mapping[str, Mapping[str, Any]]
-_GLOB_CHARS = set("*?[")
+T = TypeVar("T")
+
+# Listing caches make exists()/info() lie after another process writes (storage.md, gotcha 13);
+# a fleet is nothing but other processes writing.
+_REMOTE_DEFAULTS: dict[str, Any] = {"use_listings_cache": False}
+_EXTRAS = {"gs": "gcs", "gcs": "gcs"}
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 def protocol_of(uri: str) -> str:
@@ -53,83 +65,136 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
+def with_protocol(uri: str, path: str) -> str:
+    """A path as fsspec returns it (``bucket/key``), as a URI of ``uri``'s protocol."""
+    if is_local(uri):
+        return path if "://" not in uri else f"file://{path}"
+    return f"{uri.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
 def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[Any, str]:
     """The fsspec filesystem for ``uri`` (with the spec's options for its protocol) and the path."""
     protocol = protocol_of(uri)
-    kwargs = dict((options or {}).get(protocol, {}))
+    kwargs = {} if is_local(uri) else dict(_REMOTE_DEFAULTS)
+    kwargs.update((options or {}).get(protocol, {}))
     try:
         fs, path = url_to_fs(uri, **kwargs)
-        return fs, str(path)
     except ImportError as exc:
-        extra = {"s3": "s3", "az": "azure", "abfs": "azure", "gs": "gcs", "gcs": "gcs"}
-        hint = f"pip install 'fleetrun[{extra.get(protocol, protocol)}]'"
+        hint = f"pip install 'fleetrun[{_EXTRAS.get(protocol, protocol)}]'"
         raise StorageError(f"no filesystem for {uri}: {exc}; install it with {hint}") from exc
+    except ValueError as exc:
+        raise translate(exc, uri) from exc
+    return fs, str(path)
 
 
-def _with_protocol(uri: str, path: str) -> str:
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _status(exc: BaseException) -> int:
+    for attribute in ("status_code", "status"):
+        value = getattr(exc, attribute, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        meta = response.get("ResponseMetadata", {})
+        return int(meta.get("HTTPStatusCode", 0) or 0)
+    return 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A timeout, a dropped connection, throttling or a server error: worth another go."""
+    if isinstance(exc, FileNotFoundError | PermissionError | FileExistsError | IsADirectoryError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionResetError | ConnectionAbortedError):
+        return True
+    name = type(exc).__name__
+    if name in {
+        "ServiceResponseError",
+        "ServiceResponseTimeoutError",
+        "ServerDisconnectedError",
+        "ReadTimeoutError",
+        "ClientPayloadError",
+        "IncompleteReadError",
+    }:
+        return True
+    return _status(exc) in _TRANSIENT_STATUS
+
+
+def translate(exc: BaseException, uri: str) -> BaseException:
+    """The exception a person should see for ``exc`` on ``uri``."""
+    if isinstance(exc, FileNotFoundError | StorageError):
+        return exc
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else name
     protocol = protocol_of(uri)
-    if protocol == "file" and "://" not in uri:
-        return path
-    return f"{uri.split('://', 1)[0]}://{path.lstrip('/') if protocol != 'file' else path}"
+    creds = {
+        "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role",
+        "az": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with a key or a "
+        "managed identity",
+    }.get("az" if protocol in ("az", "abfs", "abfss") else protocol, "the credentials")
+    if name == "ResourceNotFoundError" or "ContainerNotFound" in text or "NoSuchBucket" in text:
+        return StorageError(
+            f"{uri}: the container or bucket does not exist ({text}); create it, or fix the URI"
+        )
+    if (
+        isinstance(exc, PermissionError)
+        or name in {"ClientAuthenticationError", "NoCredentialsError", "PartialCredentialsError"}
+        or _status(exc) in (401, 403)
+    ):
+        return StorageError(
+            f"{uri}: access refused ({text}). Check {creds} in the environment of every "
+            "machine, and that they may read and write this location."
+        )
+    if "Must provide either a connection_string" in text or "credentials" in text.lower():
+        return StorageError(f"{uri}: no credentials found ({text}). Set {creds}.")
+    if name in {
+        "ServiceRequestError",
+        "EndpointConnectionError",
+        "ClientConnectorError",
+        "ConnectTimeoutError",
+    } or isinstance(exc, ConnectionError):
+        endpoint = "AWS_ENDPOINT_URL" if protocol == "s3" else "the endpoint"
+        return StorageError(
+            f"{uri}: the storage endpoint cannot be reached ({text}). Check {endpoint}, the "
+            "network and the firewall."
+        )
+    return StorageError(f"{uri}: {name}: {text}")
 
 
-def _walk_sorted(fs: Any, path: str) -> Iterator[str]:
-    """Every file under ``path`` in lexicographic order of the full path, one level at a time."""
-    entries = fs.ls(path, detail=True, refresh=True)
-    # Sorting a folder's children by name, with '/' after folder names, and descending into each
-    # folder in place yields the files in the order of their full path strings.
-    keyed = sorted(
-        (entry["name"].rstrip("/") + ("/" if entry["type"] == "directory" else ""), entry)
-        for entry in entries
-    )
-    for key, entry in keyed:
-        if entry["type"] == "directory":
-            yield from _walk_sorted(fs, key.rstrip("/"))
-        else:
-            yield entry["name"]
+def call(uri: str, operation: Callable[[], T], *, retry: bool = True) -> T:
+    """Run one storage operation on ``uri``: transient errors are retried with backoff, the
+    others (and transient ones that persist) come out translated."""
+    delays = RETRY_DELAYS if retry else ()
+    for delay in (*delays, None):
+        try:
+            return operation()
+        except Exception as exc:
+            if delay is not None and is_transient(exc):
+                time.sleep(delay)
+                continue
+            translated = translate(exc, uri)
+            if translated is exc:
+                raise
+            raise translated from exc
+    raise AssertionError("unreachable")
 
 
-def _list_one(uri: str, options: StorageOptions | None) -> Iterator[str]:
-    fs, path = filesystem(uri, options)
-    if _GLOB_CHARS.intersection(path):
-        for found in sorted(fs.glob(path)):
-            if fs.isfile(found):
-                yield _with_protocol(uri, found)
-        return
-    if not fs.exists(path):
-        raise FileNotFoundError(f"input {uri} does not exist: check the path in 'inputs'")
-    if fs.isfile(path):
-        yield _with_protocol(uri, path)
-        return
-    for found in _walk_sorted(fs, path):
-        yield _with_protocol(uri, found)
-
-
-def list_inputs(uris: Iterable[str], options: StorageOptions | None = None) -> Iterator[str]:
-    """Stream every input file of ``uris`` in lexicographic URI order, without duplicates.
-
-    Each input is listed lazily, folder by folder, and the inputs are merged, so the first
-    files come out before a large listing finishes.
-    """
-    previous = None
-    for uri in heapq.merge(*(_list_one(u, options) for u in uris)):
-        if uri != previous:
-            yield uri
-            previous = uri
+# -- reading and writing -----------------------------------------------------------------------
 
 
 def exists(uri: str, options: StorageOptions | None = None) -> bool:
     if is_local(uri):
         return os.path.exists(local_path(uri))
     fs, path = filesystem(uri, options)
-    return bool(fs.exists(path))
+    return bool(call(uri, lambda: fs.exists(path)))
 
 
 def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
     if is_local(uri):
         return Path(local_path(uri)).read_bytes()
     fs, path = filesystem(uri, options)
-    return bytes(fs.cat_file(path))
+    return bytes(call(uri, lambda: fs.cat_file(path)))
 
 
 def open_file(uri: str, mode: str = "rb", options: StorageOptions | None = None) -> IO[Any]:
@@ -137,7 +202,50 @@ def open_file(uri: str, mode: str = "rb", options: StorageOptions | None = None)
         if "w" in mode:
             os.makedirs(os.path.dirname(local_path(uri)) or ".", exist_ok=True)
         return open(local_path(uri), mode)
-    return fsspec.open(uri, mode, **dict((options or {}).get(protocol_of(uri), {}))).open()  # type: ignore[no-any-return]
+    kwargs = dict(_REMOTE_DEFAULTS) | dict((options or {}).get(protocol_of(uri), {}))
+    opened: IO[Any] = call(uri, lambda: fsspec.open(uri, mode, **kwargs).open())
+    return opened
+
+
+@contextlib.contextmanager
+def atomic_writer(uri: str, options: StorageOptions | None = None) -> Iterator[IO[bytes]]:
+    """A binary file that appears at ``uri`` whole when the block ends, or not at all.
+
+    Local: a temporary file renamed into place. Object stores commit a streamed (multipart)
+    upload only when it is closed; but an exception inside ``with fs.open(...)`` would still
+    commit the part written so far (storage.md, gotcha 15), so on an error the upload is
+    discarded, and anything committed anyway is deleted.
+    """
+    if is_local(uri):
+        path = local_path(uri)
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        return
+    remote = open_file(uri, "wb", options)
+    try:
+        yield remote
+    except BaseException:
+        discard = getattr(remote, "discard", None)
+        if callable(discard):
+            with contextlib.suppress(Exception):
+                discard()
+        with contextlib.suppress(Exception):
+            remote.close()
+        with contextlib.suppress(Exception):
+            fs, path = filesystem(uri, options)
+            if fs.exists(path):
+                fs.rm_file(path)
+        raise
+    call(uri, remote.close, retry=False)
 
 
 def write_bytes(
@@ -145,21 +253,28 @@ def write_bytes(
 ) -> bool:
     """Write ``data`` whole or not at all. With ``exclusive`` an existing object wins.
 
-    Returns False when ``exclusive`` and the object already existed (nothing was written).
+    Returns False when ``exclusive`` and the object already existed (nothing was written). On
+    object stores the existence check and the put are two requests: two writers racing inside
+    that window both write, and the later put wins (both wrote a result of the same batch).
     """
     if not is_local(uri):
         fs, path = filesystem(uri, options)
-        if exclusive and fs.exists(path):
+        if exclusive and call(uri, lambda: fs.exists(path)):
             return False
-        fs.pipe_file(path, data)
+        try:
+            call(uri, lambda: fs.pipe_file(path, data))
+        except FileNotFoundError as exc:  # an object store says this of a missing bucket
+            raise StorageError(
+                f"{uri}: the container or bucket does not exist ({exc}); create it, or fix the URI"
+            ) from exc
         return True
     path = local_path(uri)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, "wb") as remote:
+            remote.write(data)
         if exclusive:
             try:
                 os.link(temporary, path)  # fails if the name exists: the first writer wins
@@ -184,7 +299,7 @@ def list_names(uri: str, options: StorageOptions | None = None) -> list[str]:
             return []
     fs, path = filesystem(uri, options)
     try:
-        entries = fs.ls(path, detail=True, refresh=True)
+        entries = call(uri, lambda: fs.ls(path, detail=True))
     except FileNotFoundError:
         return []
     return sorted(posixpath.basename(e["name"]) for e in entries if e["type"] == "file")
@@ -194,4 +309,4 @@ def remove_tree(uri: str, options: StorageOptions | None = None) -> None:
     """Delete a folder and everything below it; absent is fine."""
     fs, path = filesystem(uri, options)
     with contextlib.suppress(FileNotFoundError):
-        fs.rm(path, recursive=True)
+        call(uri, lambda: fs.rm(path, recursive=True))

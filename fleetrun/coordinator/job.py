@@ -71,8 +71,11 @@ def prepare(spec: JobSpec) -> Prepared:
         if spec.allow_reuse and previous.status == "succeeded":
             return Prepared(spec, job_id, Ledger(spec.state_uri, options), reused=previous)
         if not spec.allow_reuse:
-            for folder in ("parts", "ledger", "errors"):
-                storage.remove_tree(storage.join(spec.state_uri, folder), options)
+            clear_state(spec)
+    elif state_job_id(spec) not in (None, job_id):
+        # The output folder holds another job's state (other code, inputs or settings): its
+        # finished batches are not this job's.
+        clear_state(spec)
     state = spec.state_uri
     effective = spec.model_dump(mode="json") | {"job_id": job_id}
     storage.write_bytes(
@@ -82,6 +85,21 @@ def prepare(spec: JobSpec) -> Prepared:
     )
     storage.write_bytes(storage.join(state, "code.zip"), code, options)
     return Prepared(spec, job_id, Ledger.load(state, options))
+
+
+def state_job_id(spec: JobSpec) -> str | None:
+    """The id of the job whose state is in the spec's output folder, if any."""
+    try:
+        saved = storage.read_bytes(storage.join(spec.state_uri, "spec.json"), spec.storage_options)
+        return JobSpec.model_validate_json(saved).job_id
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def clear_state(spec: JobSpec) -> None:
+    """Forget every finished batch in the output folder's job state."""
+    for folder in ("parts", "ledger", "errors", "stopped"):
+        storage.remove_tree(storage.join(spec.state_uri, folder), spec.storage_options)
 
 
 class JobRun:

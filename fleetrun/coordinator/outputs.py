@@ -6,13 +6,9 @@ records, the ledger), so writing the outputs again after a crash gives the same 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -20,7 +16,6 @@ from fleetrun.common import storage
 from fleetrun.common.messages import ErrorInfo
 from fleetrun.common.parts import iter_part_body, part_uri
 from fleetrun.common.spec import JobSpec
-from fleetrun.common.storage import StorageOptions
 from fleetrun.coordinator.ledger import Ledger
 
 Status = Literal["succeeded", "aborted", "failed", "cancelled"]
@@ -61,31 +56,10 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-@contextlib.contextmanager
-def atomic_writer(uri: str, options: StorageOptions) -> Iterator[IO[bytes]]:
-    """A binary file that appears at ``uri`` whole when the block ends, or not at all."""
-    if storage.is_local(uri):
-        path = storage.local_path(uri)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        return
-    # Object stores commit a streamed (multipart) upload only when it is closed.
-    with storage.open_file(uri, "wb", options) as handle:
-        yield handle
-
-
 def write_output_file(spec: JobSpec, ledger: Ledger, total_batches: int) -> str:
     """Stream every batch's rows, in batch order, into the append_row file."""
     uri = spec.output_file_uri
-    with atomic_writer(uri, spec.storage_options) as out:
+    with storage.atomic_writer(uri, spec.storage_options) as out:
         for index in range(total_batches):
             result = ledger.results[index]
             if result.status == "succeeded" and result.succeeded > 0:

@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from fleetrun.common import storage
 from fleetrun.common.errors import SpecError
+from fleetrun.common.listing import list_inputs
 from fleetrun.common.spec import JobSpec
 
 
@@ -20,7 +20,7 @@ def list_job_inputs(spec: JobSpec) -> Iterator[str]:
     output_prefix = spec.output.rstrip("/") + "/"
     found = False
     try:
-        for uri in storage.list_inputs(spec.inputs, spec.storage_options):
+        for uri in list_inputs(spec.inputs, spec.storage_options):
             if uri.startswith(output_prefix):
                 continue
             found = True

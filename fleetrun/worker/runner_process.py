@@ -61,6 +61,8 @@ class RunnerProcess:
         child.close()
         self._conn = Connection(parent.detach())
         self.ready = False
+        self._task: dict[str, Any] = {}
+        self._sent_at = 0.0
 
     @property
     def pid(self) -> int:
@@ -74,13 +76,33 @@ class RunnerProcess:
             self.ready = True
         return outcome
 
+    def send(self, task: Mapping[str, Any]) -> None:
+        """Hand a batch to the runner; :meth:`wait` collects the outcome."""
+        self._task = dict(task)
+        self._sent_at = time.monotonic()
+        with contextlib.suppress(OSError):  # it died between batches; wait() reports how
+            self._conn.send(("run", self._task))
+
+    def wait(self, timeout: float) -> TryResult:
+        """The outcome of the batch sent last, waiting until ``timeout`` s after it was sent."""
+        task = self._task
+        remaining = max(0.0, timeout - (time.monotonic() - self._sent_at))
+        return self._wait(
+            remaining, task["index"], task["attempt"], task["items"], "run()", limit=timeout
+        )
+
     def run(self, task: Mapping[str, Any], timeout: float) -> TryResult:
-        with contextlib.suppress(OSError):  # it died between batches; _wait reports how
-            self._conn.send(("run", dict(task)))
-        return self._wait(timeout, task["index"], task["attempt"], task["items"], "run()")
+        self.send(task)
+        return self.wait(timeout)
 
     def _wait(
-        self, timeout: float, batch: int, attempt: int, items: list[str], what: str
+        self,
+        timeout: float,
+        batch: int,
+        attempt: int,
+        items: list[str],
+        what: str,
+        limit: float | None = None,
     ) -> TryResult:
         def error(kind: str, type_: str, message: str) -> ErrorInfo:
             return ErrorInfo(
@@ -104,7 +126,7 @@ class RunnerProcess:
                 error=error(
                     "timeout",
                     "Timeout",
-                    f"{what} ran past run_invocation_timeout ({timeout:g} s); the runner was "
+                    f"{what} ran past its time limit ({limit or timeout:g} s); the runner was "
                     "killed. Raise run_invocation_timeout or make the batches smaller.",
                 ),
             )

@@ -1,0 +1,122 @@
+"""Listing a job's inputs: lazily, in lexicographic URI order, without a listing cache.
+
+The generic path walks one folder level at a time with ``fs.ls`` (children sorted by name, with
+a folder's name followed by ``/``, which yields files in the order of their full paths). S3 and
+Azure Blob list a whole prefix flat, in key order, page by page: there the pages are streamed
+as they come (fsspec has no public paginated listing, so this reaches into s3fs's and adlfs's
+async listing), so a prefix of millions of keys starts yielding after its first page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+from fleetrun.common.storage import StorageOptions, call, filesystem, with_protocol
+
+_GLOB_CHARS = set("*?[")
+_FOLDER_MARKERS = ("is_directory", "hdi_isfolder")
+
+
+def _drain(loop: asyncio.AbstractEventLoop, agen: AsyncIterator[Any]) -> Iterator[Any]:
+    """Consume an async generator that runs on fsspec's I/O loop, from this thread."""
+
+    async def step() -> Any:
+        return await agen.__anext__()
+
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(step(), loop).result()
+        except StopAsyncIteration:
+            return
+
+
+def _s3_keys(fs: Any, path: str) -> Iterator[str]:
+    bucket, _, prefix = path.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    for entry in _drain(fs.loop, fs._iterdir(bucket, prefix=prefix, delimiter="")):
+        if entry.get("type") == "file" and not entry["name"].endswith("/"):
+            yield entry["name"]
+
+
+def _azure_blobs(fs: Any, path: str) -> Iterator[str]:
+    container, _, prefix = path.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+
+    async def blobs() -> AsyncIterator[str]:
+        async with fs.service_client.get_container_client(container=container) as client:
+            async for blob in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
+                metadata = blob.metadata or {}
+                if any(str(metadata.get(k, "")).lower() == "true" for k in _FOLDER_MARKERS):
+                    continue  # a folder marker blob, not a file
+                yield f"{container}/{blob.name}"
+
+    yield from _drain(fs.loop, blobs())
+
+
+def _walk_sorted(fs: Any, path: str) -> Iterator[str]:
+    entries = fs.ls(path, detail=True)
+    keyed = sorted(
+        (entry["name"].rstrip("/") + ("/" if entry["type"] == "directory" else ""), entry)
+        for entry in entries
+    )
+    for key, entry in keyed:
+        if entry["type"] == "directory":
+            yield from _walk_sorted(fs, key.rstrip("/"))
+        else:
+            yield entry["name"]
+
+
+def _flat_lister(fs: Any) -> Callable[[Any, str], Iterator[str]] | None:
+    kind = type(fs).__name__
+    if kind == "S3FileSystem" and hasattr(fs, "_iterdir"):
+        return _s3_keys
+    if kind == "AzureBlobFileSystem" and hasattr(fs, "service_client"):
+        return _azure_blobs
+    return None
+
+
+def _list_one(uri: str, options: StorageOptions | None) -> Iterator[str]:
+    fs, path = filesystem(uri, options)
+    if _GLOB_CHARS.intersection(path):
+        matches = call(uri, lambda: fs.glob(path, detail=True))
+        for name in sorted(matches):
+            if matches[name].get("type") == "file":
+                yield with_protocol(uri, name)
+        return
+    info = call(uri, lambda: _info_or_none(fs, path))
+    if info is None:
+        raise FileNotFoundError(f"input {uri} does not exist: check the path in 'inputs'")
+    if info.get("type") == "file":
+        yield with_protocol(uri, path)
+        return
+    lister = _flat_lister(fs) or _walk_sorted
+    pages = lister(fs, path.rstrip("/"))
+    while True:
+        name = call(uri, lambda: next(pages, None), retry=False)
+        if name is None:
+            return
+        yield with_protocol(uri, name)
+
+
+def _info_or_none(fs: Any, path: str) -> dict[str, Any] | None:
+    try:
+        info: dict[str, Any] = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return info
+
+
+def list_inputs(uris: Iterable[str], options: StorageOptions | None = None) -> Iterator[str]:
+    """Stream every input file of ``uris`` in lexicographic URI order, without duplicates.
+
+    Each input is listed lazily and the inputs are merged, so the first files come out before
+    a large listing finishes, even when the inputs are on different clouds.
+    """
+    previous = None
+    for uri in heapq.merge(*(_list_one(u, options) for u in uris)):
+        if uri != previous:
+            yield uri
+            previous = uri

@@ -1,0 +1,219 @@
+"""What happens to one delivered batch: triage, staging, and the verdict after a try.
+
+Triage settles what needs no runner (a malformed message, a stopped job, a batch finished
+before, a batch whose holders died on its last try). The verdict after a try is one of:
+publish the result and ack; record the failed try and republish the batch with ``attempt + 1``
+(acking the original once the copy is confirmed); or, after the last allowed try, write a
+failed part. Acks always come after the result or the copy is confirmed, so nothing is lost
+between two workers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from pydantic import ValidationError
+
+from fleetrun.common import storage
+from fleetrun.common.broker import Connection, Consumer, Delivery
+from fleetrun.common.messages import BatchMessage, BatchResult, ErrorInfo, Topology
+from fleetrun.common.parts import encode_part, part_uri, read_part_header
+from fleetrun.worker.jobs import JobCache, LoadedJob
+from fleetrun.worker.runner_process import TryResult
+from fleetrun.worker.staging import stage
+from fleetrun.worker.work import Work
+
+
+def error_record_uri(state_uri: str, index: int, attempt: int) -> str:
+    return storage.join(state_uri, "errors", f"{index:09d}-{attempt:03d}.json")
+
+
+class BatchHandler:
+    def __init__(
+        self, conn: Connection, topology: Topology, jobs: JobCache, log: Any, name: str
+    ) -> None:
+        self.conn = conn
+        self.topology = topology
+        self.jobs = jobs
+        self.log = log
+        self.name = name
+        self._pending: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    # -- before a try --------------------------------------------------------------------------
+
+    def triage(self, consumer: Consumer, delivery: Delivery) -> Work | None:
+        """The batch's Work if it needs a runner; None when it was settled here."""
+        try:
+            message = BatchMessage.from_bytes(delivery.body)
+        except ValidationError as exc:
+            self.log.error("Dropping a malformed batch message.", error=str(exc)[:500])
+            consumer.ack(delivery)
+            return None
+        log = self.log.bind(job_id=message.job_id, batch=message.index)
+        try:
+            job = self.jobs.get(message)
+        except FileNotFoundError as exc:
+            log.error("The job's state folder is gone; dropping its batch.", error=str(exc))
+            consumer.ack(delivery)
+            return None
+        if self.jobs.is_stopped(job, message.run_id):
+            consumer.ack(delivery)
+            return None
+        options = job.spec.storage_options
+        part = part_uri(job.state_uri, message.index)
+        if storage.exists(part, options):
+            # Finished before (by this or another worker): announce it again, run nothing.
+            self.publish_result(consumer, delivery, message, read_part_header(part, options))
+            return None
+        attempt = message.attempt + delivery.prior_returns()
+        work = Work(consumer, delivery, message, job, attempt)
+        for lost in range(message.attempt, attempt):
+            self.record_error(job, self._lost_try(work, lost))
+        if attempt > job.spec.run_max_try:
+            self.fail_batch(work, attempt - 1, self._lost_try(work, attempt - 1))
+            return None
+        return work
+
+    @staticmethod
+    def _lost_try(work: Work, attempt: int) -> ErrorInfo:
+        return ErrorInfo(
+            batch=work.index,
+            attempt=attempt,
+            items=work.items,
+            kind="holder_lost",
+            type="HolderLost",
+            message=f"try {attempt} was lost: the worker holding the batch stopped before "
+            "finishing it (killed, crashed, or cut off from the broker)",
+        )
+
+    def stage(self, work: Work, slot_index: int) -> None:
+        """Give the batch local paths; a failure to fetch fails the try, not the worker."""
+        folder = work.job.work_dir / "inputs" / f"{slot_index}-{work.index}-{work.attempt}"
+        try:
+            work.staged = stage(work.items, folder, work.job.spec.storage_options)
+        except Exception as exc:
+            kind = "input_missing" if isinstance(exc, FileNotFoundError) else "staging_failed"
+            work.staging_error = ErrorInfo(
+                batch=work.index,
+                attempt=work.attempt,
+                items=work.items,
+                kind=kind,
+                type=type(exc).__name__,
+                message=f"staging the inputs failed: {exc}",
+            )
+
+    # -- after a try ---------------------------------------------------------------------------
+
+    def conclude(self, work: Work, outcome: TryResult) -> None:
+        if outcome.kind == "done" and outcome.result is not None:
+            self.publish_result(work.consumer, work.delivery, work.message, outcome.result)
+            return
+        error = outcome.error or ErrorInfo(
+            batch=work.index,
+            attempt=work.attempt,
+            items=work.items,
+            kind=outcome.kind,
+            type="Unknown",
+            message=outcome.kind,
+        )
+        self.log.warning(
+            "Try failed.",
+            job_id=work.job.job_id,
+            batch=work.index,
+            attempt=work.attempt,
+            kind=error.kind,
+            error=f"{error.type}: {error.message}"[:300],
+        )
+        self.record_error(work.job, error)
+        if work.attempt >= work.job.spec.run_max_try:
+            self.fail_batch(work, work.attempt, error)
+            return
+        retry = work.message.model_copy(update={"attempt": work.attempt + 1})
+        self.after(
+            self.conn.publish(self.topology.batches, retry.to_bytes()),
+            ack_if_published(work.consumer, work.delivery),
+        )
+
+    def record_error(self, job: LoadedJob, error: ErrorInfo) -> None:
+        uri = error_record_uri(job.state_uri, error.batch, error.attempt)
+        storage.write_bytes(uri, error.model_dump_json().encode(), job.spec.storage_options)
+
+    def fail_batch(self, work: Work, attempt: int, error: ErrorInfo) -> None:
+        """After the last allowed try: every item of the batch failed, with the last error."""
+        header = BatchResult(
+            job_id=work.job.job_id,
+            run_id=work.message.run_id,
+            index=work.index,
+            status="failed",
+            items=len(work.items),
+            succeeded=0,
+            failed=len(work.items),
+            attempt=attempt,
+            failed_items=work.items,
+            error=error,
+        )
+        options = work.job.spec.storage_options
+        part = part_uri(work.job.state_uri, work.index)
+        if not storage.write_bytes(part, encode_part(header, []), options, exclusive=True):
+            header = read_part_header(part, options)
+        self.publish_result(work.consumer, work.delivery, work.message, header)
+
+    def publish_result(
+        self, consumer: Consumer, delivery: Delivery, message: BatchMessage, header: BatchResult
+    ) -> None:
+        # Acked once the result is confirmed, or refused because the job's coordinator is gone:
+        # either way the part in storage is the durable record.
+        future = self.conn.publish(message.reply_to, header.to_bytes())
+        self.after(future, lambda _published: consumer.ack(delivery))
+
+    def hand_back(self, consumer: Consumer, delivery: Delivery) -> None:
+        """A batch no runner started goes back, costing it no try.
+
+        The copy carries the tries already spent (including returns the broker counted), since
+        the broker's count starts again for a new message.
+        """
+        body = delivery.body
+        try:
+            message = BatchMessage.from_bytes(body)
+            spent = message.attempt + delivery.prior_returns()
+            body = message.model_copy(update={"attempt": spent}).to_bytes()
+        except ValidationError:
+            pass  # not ours to mend; triage drops it
+        self.after(
+            self.conn.publish(self.topology.batches, body), ack_if_published(consumer, delivery)
+        )
+
+    # -- confirms ------------------------------------------------------------------------------
+
+    def after(self, future: Future[None], then: Callable[[bool], None]) -> None:
+        """Run ``then(published)`` once the broker confirmed (or refused) ``future``."""
+        with self._lock:
+            self._pending.add(future)
+
+        def done(f: Future[None]) -> None:
+            with self._lock:
+                self._pending.discard(f)
+            then(f.exception() is None)
+
+        future.add_done_callback(done)
+
+    def wait_for_confirms(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return
+            time.sleep(0.02)
+
+
+def ack_if_published(consumer: Consumer, delivery: Delivery) -> Callable[[bool], None]:
+    def then(published: bool) -> None:
+        if published:
+            consumer.ack(delivery)
+
+    return then

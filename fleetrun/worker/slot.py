@@ -1,0 +1,149 @@
+"""A runner slot: one runner process at a time, bound to one job, replaced when it breaks.
+
+The slot starts a runner for the job of the batch at hand (``init()`` runs there), keeps it
+for the job's next batches, replaces it after a timeout or a crash, and swaps it when a batch
+of another job comes. A slot index is stable, so a replacement runner gets its predecessor's
+GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fleetrun.common import storage
+from fleetrun.common.messages import ErrorInfo
+from fleetrun.common.parts import part_uri
+from fleetrun.worker.jobs import LoadedJob
+from fleetrun.worker.runner_process import RunnerProcess, TryResult
+from fleetrun.worker.work import Work
+
+
+def init_timeout(run_invocation_timeout: float) -> float:
+    """How long ``init()`` may take: ParallelRunStep's rule."""
+    return 3 * run_invocation_timeout + 30
+
+
+class RunnerSlot:
+    def __init__(self, index: int, worker_name: str, gpu_count: int = 0) -> None:
+        self.index = index
+        self.worker_name = worker_name
+        self.gpu_count = gpu_count
+        self.runner: RunnerProcess | None = None
+        self.last_used = time.monotonic()
+
+    def start_try(self, work: Work) -> TryResult | None:
+        """Send the batch to a ready runner; a TryResult if the try failed before that."""
+        if work.staging_error is not None:
+            return TryResult("failed", error=work.staging_error)
+        failed_init = self._ensure_runner(work)
+        if failed_init is not None:
+            return failed_init
+        assert self.runner is not None
+        self.runner.send(self._task(work))
+        return None
+
+    def wait_try(self, work: Work) -> TryResult:
+        assert self.runner is not None
+        outcome = self.runner.wait(work.job.spec.run_invocation_timeout)
+        if outcome.kind in ("timeout", "died"):
+            self.discard()
+        self.last_used = time.monotonic()
+        return outcome
+
+    def _ensure_runner(self, work: Work) -> TryResult | None:
+        job = work.job
+        runner = self.runner
+        if runner is not None and (runner.job_id != job.job_id or not runner.alive()):
+            self.stop()
+            runner = None
+        if runner is not None:
+            return None
+        runner = self.runner = RunnerProcess(
+            job.job_id, self._setup(job), self._env(job), job.code_dir
+        )
+        started = runner.start(timeout=init_timeout(job.spec.run_invocation_timeout))
+        if started.kind == "ready":
+            return None
+        self.discard()
+        error = started.error or ErrorInfo(
+            batch=work.index,
+            attempt=work.attempt,
+            items=work.items,
+            kind="init_failed",
+            type="InitFailed",
+            message=f"the runner ended during init(): {started.kind}",
+        )
+        # init() fails the try of the batch that needed it.
+        return TryResult(
+            "failed",
+            error=error.model_copy(
+                update={
+                    "batch": work.index,
+                    "attempt": work.attempt,
+                    "items": work.items,
+                    "kind": "init_failed",
+                    "message": f"init() failed: {error.message}",
+                }
+            ),
+        )
+
+    def _task(self, work: Work) -> dict[str, Any]:
+        assert work.staged is not None
+        return {
+            "job_id": work.job.job_id,
+            "run_id": work.message.run_id,
+            "index": work.index,
+            "attempt": work.attempt,
+            "items": work.items,
+            "local_paths": work.staged.local_paths,
+            "part_uri": part_uri(work.job.state_uri, work.index),
+        }
+
+    def _env(self, job: LoadedJob) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(job.spec.environment_variables)
+        env["FLEETRUN_JOB_ID"] = job.job_id
+        if self.gpu_count:
+            # One GPU per runner, as ParallelRunStep does; a replacement keeps its slot's GPU.
+            env["CUDA_VISIBLE_DEVICES"] = str(self.index % self.gpu_count)
+        return env
+
+    def _setup(self, job: LoadedJob) -> dict[str, Any]:
+        spec = job.spec
+        output_dir = (
+            Path(storage.local_path(spec.output))
+            if storage.is_local(spec.output)
+            else job.work_dir / "output" / str(self.index)
+        )
+        return {
+            "job_id": job.job_id,
+            "code_dir": str(job.code_dir),
+            "entry_script": spec.entry_script,
+            "arguments": job.arguments,
+            "output_dir": str(output_dir),
+            "output_uri": spec.output,
+            "logging_level": spec.logging_level,
+            "storage_options": spec.storage_options,
+            "worker": self.worker_name,
+            # The script's own logging goes to a file per runner; warnings also to the console.
+            "log_file": str(job.work_dir / "logs" / f"runner-{self.index}.jsonl"),
+        }
+
+    def stop_if_idle(self, idle_timeout: float) -> None:
+        if self.runner is not None and time.monotonic() - self.last_used > idle_timeout:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the runner cleanly (its ``shutdown()`` runs)."""
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+
+    def discard(self) -> None:
+        """Kill the runner, with everything it started."""
+        if self.runner is not None:
+            self.runner.kill()
+            self.runner = None
