@@ -11,10 +11,21 @@ import structlog
 
 
 class _PikaNoise(logging.Filter):
-    """pika logs every connection step at INFO and expected disconnects at ERROR."""
+    """pika logs every connection step, and each failed attempt at ERROR; fleetrun reports
+    connection failures itself, in one sentence with the fix, so those records are dropped."""
+
+    _CONNECTION_LOGGERS = (
+        "pika.adapters.utils.connection_workflow",
+        "pika.adapters.base_connection",
+        "pika.adapters.utils.io_services_utils",
+        "pika.adapters.select_connection",
+        "pika.connection",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING and "connection_workflow" not in record.name
+        if not record.name.startswith("pika"):
+            return True
+        return record.levelno >= logging.WARNING and record.name not in self._CONNECTION_LOGGERS
 
 
 class _FileAndConsole:

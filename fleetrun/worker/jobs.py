@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,32 +58,42 @@ class JobCache:
             storage.read_bytes(storage.join(state, "spec.json"), options)
         )
         work_dir = self._cache_dir / "jobs" / message.job_id
-        code_dir = work_dir / "code"
-        snapshot.extract(storage.read_bytes(storage.join(state, "code.zip"), options), code_dir)
-        arguments = list(spec.arguments)
-        for name, uri in spec.side_inputs.items():
-            arguments += [
-                f"--{name}",
-                self._stage_side_input(uri, work_dir / "side" / name, options),
-            ]
+        work_dir.mkdir(parents=True, exist_ok=True)
+        # Several workers on one machine share the cache: one of them fetches, the others wait.
+        with open(work_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            code_dir = work_dir / "code"
+            if not (code_dir / ".complete").exists():
+                code = storage.read_bytes(storage.join(state, "code.zip"), options)
+                snapshot.extract(code, code_dir)
+            arguments = list(spec.arguments)
+            for name, uri in spec.side_inputs.items():
+                local = self._stage_side_input(uri, work_dir / "side" / name, options)
+                arguments += [f"--{name}", local]
         return LoadedJob(message.job_id, spec, state, code_dir, arguments, work_dir)
 
     @staticmethod
     def _stage_side_input(uri: str, destination: Path, options: storage.StorageOptions) -> str:
-        """Local side inputs are used where they are; remote ones are fetched once per job."""
+        """Local side inputs are used where they are; remote ones are fetched once per job.
+
+        A folder arrives as a folder, a file as a file; ``.complete`` records which.
+        """
         if storage.is_local(uri):
             return storage.local_path(uri)
-        if not (destination / ".complete").exists():
+        marker = destination / ".complete"
+        if not marker.exists():
             fs, path = storage.filesystem(uri, options)
             destination.mkdir(parents=True, exist_ok=True)
-            if fs.isdir(path):
-                fs.get(path.rstrip("/") + "/", str(destination) + "/", recursive=True)
-                (destination / ".complete").touch()
-                return str(destination)
-            fs.get(path, str(destination / Path(path).name))
-            (destination / ".complete").touch()
-        files = [p for p in destination.iterdir() if p.name != ".complete"]
-        return str(files[0]) if len(files) == 1 and files[0].is_file() else str(destination)
+            if storage.call(uri, lambda: fs.isdir(path)):
+                storage.call(
+                    uri, lambda: fs.get(path.rstrip("/") + "/", f"{destination}/", recursive=True)
+                )
+                marker.write_text("")
+            else:
+                name = Path(path).name
+                storage.call(uri, lambda: fs.get(path, str(destination / name)))
+                marker.write_text(name)
+        return str(destination / marker.read_text())
 
     def is_stopped(self, job: LoadedJob, run_id: str) -> bool:
         """Whether this run of the job was aborted or cancelled (checked once per run)."""

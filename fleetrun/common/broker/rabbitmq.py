@@ -56,6 +56,20 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _describe(error: BaseException) -> str:
+    """pika's connection errors often print as nothing; say what actually failed."""
+    for _ in range(5):  # AMQPConnectionError(WorkflowFailed([ConnectorError(exception)]))
+        inner = getattr(error, "exceptions", None) or [
+            a
+            for a in (*error.args, getattr(error, "exception", None))
+            if isinstance(a, BaseException)
+        ]
+        if not inner:
+            break
+        error = inner[-1]
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
 def _parameters(url: str, name: str) -> pika.URLParameters:
     params = pika.URLParameters(url)
     if "heartbeat" not in (urlsplit(url).query or ""):
@@ -124,7 +138,11 @@ class RabbitConnection(Connection):
         self._thread.start()
         if not self._ready.wait(CONNECT_TIMEOUT) or self._fatal is not None:
             self._closing = True
-            reason = self._fatal or f"no answer within {CONNECT_TIMEOUT:.0f} s"
+            reason = (
+                _describe(self._fatal)
+                if self._fatal
+                else f"no answer within {CONNECT_TIMEOUT:.0f} s"
+            )
             where = ", ".join(redact(u) for u in urls)
             raise BrokerUnavailable(
                 f"cannot connect to RabbitMQ at {where}: {reason}. Check that the broker runs "
