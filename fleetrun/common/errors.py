@@ -23,6 +23,10 @@ class BrokerError(FleetrunError):
     """The broker refused an operation."""
 
 
+class Unroutable(BrokerError):
+    """The message's queue does not exist (for a result: its job's coordinator is gone)."""
+
+
 class BrokerUnavailable(BrokerError):
     """No broker answered; retryable once the broker is back."""
 

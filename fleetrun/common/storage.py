@@ -18,6 +18,7 @@ import os
 import posixpath
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -211,10 +212,7 @@ def open_file(uri: str, mode: str = "rb", options: StorageOptions | None = None)
 def atomic_writer(uri: str, options: StorageOptions | None = None) -> Iterator[IO[bytes]]:
     """A binary file that appears at ``uri`` whole when the block ends, or not at all.
 
-    Local: a temporary file renamed into place. Object stores commit a streamed (multipart)
-    upload only when it is closed; but an exception inside ``with fs.open(...)`` would still
-    commit the part written so far (storage.md, gotcha 15), so on an error the upload is
-    discarded, and anything committed anyway is deleted.
+    On failure the previous object at ``uri``, if any, is left as it was.
     """
     if is_local(uri):
         path = local_path(uri)
@@ -230,10 +228,19 @@ def atomic_writer(uri: str, options: StorageOptions | None = None) -> Iterator[I
                 os.unlink(temporary)
             raise
         return
-    remote = open_file(uri, "wb", options)
+    # Stream into a temporary object beside the target, then move it into place (a server-side
+    # copy): readers never see a half object, and a failure leaves the previous one alone.
+    fs, path = filesystem(uri, options)
+    folder, name = posixpath.split(path)
+    temporary = posixpath.join(folder, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
+    remote = call(uri, lambda: fs.open(temporary, "wb"), retry=False)
     try:
         yield remote
+        call(uri, remote.close, retry=False)
+        call(uri, lambda: fs.mv(temporary, path))
     except BaseException:
+        # An exception inside a streamed upload would commit the part written so far
+        # (storage.md, gotcha 15): abort it, and delete whatever got committed anyway.
         discard = getattr(remote, "discard", None)
         if callable(discard):
             with contextlib.suppress(Exception):
@@ -241,11 +248,9 @@ def atomic_writer(uri: str, options: StorageOptions | None = None) -> Iterator[I
         with contextlib.suppress(Exception):
             remote.close()
         with contextlib.suppress(Exception):
-            fs, path = filesystem(uri, options)
-            if fs.exists(path):
-                fs.rm_file(path)
+            if fs.exists(temporary):
+                fs.rm_file(temporary)
         raise
-    call(uri, remote.close, retry=False)
 
 
 def write_bytes(

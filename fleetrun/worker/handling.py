@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fleetrun.common import storage
 from fleetrun.common.broker import Connection, Consumer, Delivery
+from fleetrun.common.errors import Unroutable
 from fleetrun.common.messages import BatchMessage, BatchResult, ErrorInfo, Topology
 from fleetrun.common.parts import encode_part, part_uri, read_part_header
 from fleetrun.worker.jobs import JobCache, LoadedJob
@@ -169,7 +170,17 @@ class BatchHandler:
         # Acked once the result is confirmed, or refused because the job's coordinator is gone:
         # either way the part in storage is the durable record.
         future = self.conn.publish(message.reply_to, header.to_bytes())
-        self.after(future, lambda _published: consumer.ack(delivery))
+        self.after(future, lambda error: self._after_result(consumer, delivery, error))
+
+    def _after_result(
+        self, consumer: Consumer, delivery: Delivery, error: BaseException | None
+    ) -> None:
+        if error is None or isinstance(error, Unroutable):
+            consumer.ack(delivery)  # announced, or nobody is listening any more
+        else:
+            # Not announced: back to the queue, where the next holder finds the part and
+            # announces it (a requeue of a delivery from a lost channel is dropped anyway).
+            consumer.requeue(delivery)
 
     def hand_back(self, consumer: Consumer, delivery: Delivery) -> None:
         """A batch no runner started goes back, costing it no try.
@@ -190,15 +201,15 @@ class BatchHandler:
 
     # -- confirms ------------------------------------------------------------------------------
 
-    def after(self, future: Future[None], then: Callable[[bool], None]) -> None:
-        """Run ``then(published)`` once the broker confirmed (or refused) ``future``."""
+    def after(self, future: Future[None], then: Callable[[BaseException | None], None]) -> None:
+        """Run ``then(error)`` once the broker confirmed (None) or refused ``future``."""
         with self._lock:
             self._pending.add(future)
 
         def done(f: Future[None]) -> None:
             with self._lock:
                 self._pending.discard(f)
-            then(f.exception() is None)
+            then(f.exception())
 
         future.add_done_callback(done)
 
@@ -211,9 +222,11 @@ class BatchHandler:
             time.sleep(0.02)
 
 
-def ack_if_published(consumer: Consumer, delivery: Delivery) -> Callable[[bool], None]:
-    def then(published: bool) -> None:
-        if published:
+def ack_if_published(
+    consumer: Consumer, delivery: Delivery
+) -> Callable[[BaseException | None], None]:
+    def then(error: BaseException | None) -> None:
+        if error is None:
             consumer.ack(delivery)
 
     return then

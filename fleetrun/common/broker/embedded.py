@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetrun.common.broker.base import Connection, Consumer, Delivery
-from fleetrun.common.errors import BrokerError, ConnectionLost
+from fleetrun.common.errors import BrokerError, ConnectionLost, Unroutable
 
 
 @dataclass
@@ -187,7 +187,7 @@ class EmbeddedConnection(Connection):
             )
             targets = [t for t in targets if t in self._broker._queues]
             if not targets and not exchange:
-                future.set_exception(BrokerError(f"message to '{routing_key}' was unroutable"))
+                future.set_exception(Unroutable(f"message to '{routing_key}' was unroutable"))
                 return future
             for target in targets:
                 self._broker._enqueue(target, _Message(body, dict(headers or {})))

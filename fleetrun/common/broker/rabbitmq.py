@@ -33,7 +33,7 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from fleetrun.common.broker.base import Connection, Consumer, Delivery
-from fleetrun.common.errors import BrokerError, BrokerUnavailable, ConnectionLost
+from fleetrun.common.errors import BrokerError, BrokerUnavailable, ConnectionLost, Unroutable
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,12 @@ class RabbitConnection(Connection):
             if not consumer.cancelled:
                 self._open_consumer(consumer)
         self._attempt = 0
+        self._ready.set()
+        self._run_pending()
+
+    def _run_pending(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        self._ready.set()
         for call in pending:
             call()
 
@@ -258,6 +261,7 @@ class RabbitConnection(Connection):
         channel.confirm_delivery(self._on_confirm)
         channel.add_on_return_callback(self._on_return)
         channel.add_on_close_callback(self._on_channel_closed)
+        self._run_pending()
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -275,7 +279,7 @@ class RabbitConnection(Connection):
                 future.set_exception(BrokerError("the broker refused the message (nack)"))
             elif str(tag) in self._returned:
                 self._returned.discard(str(tag))
-                future.set_exception(BrokerError("the message was unroutable: no such queue"))
+                future.set_exception(Unroutable("the message was unroutable: no such queue"))
             else:
                 future.set_result(None)
 
@@ -289,7 +293,9 @@ class RabbitConnection(Connection):
         """Run ``fn`` on the I/O thread once a connection is up."""
         with self._lock:
             conn = self._conn
-            if conn is None or not self._ready.is_set():
+            # Calls wait while there is no connection, or while a refused request's closed
+            # channel is being replaced.
+            if conn is None or not self._ready.is_set() or self._channel is None:
                 self._pending.append(fn)
                 return
         try:
@@ -328,11 +334,7 @@ class RabbitConnection(Connection):
                 self._declared[key] = step
                 future.set_result(None)
 
-            def closed(ch: Channel, reason: BaseException) -> None:
-                if not future.done():
-                    future.set_exception(BrokerError(f"{key}: {reason}"))
-
-            channel.add_on_close_callback(closed)
+            self._fail_on_close(channel, future, key)
             step(channel, ok)
 
         self._call_and_wait(run)
@@ -358,10 +360,21 @@ class RabbitConnection(Connection):
 
         self._declare(f"binding {queue}<-{exchange}", step)
 
+    @staticmethod
+    def _fail_on_close(channel: Channel, future: Future[Any], what: str) -> None:
+        """A refused request closes the channel; the caller hears why at once."""
+
+        def closed(_channel: Channel, reason: BaseException) -> None:
+            if not future.done():
+                future.set_exception(BrokerError(f"{what}: {reason}"))
+
+        channel.add_on_close_callback(closed)
+
     def queue_depth(self, queue: str) -> tuple[int, int]:
         def run(future: Future[Any]) -> None:
             if self._channel is None:
                 raise ConnectionLost("no channel")
+            self._fail_on_close(self._channel, future, f"queue {queue}")
             self._channel.queue_declare(
                 queue,
                 passive=True,
@@ -438,6 +451,8 @@ class RabbitConnection(Connection):
         def on_channel(channel: Channel) -> None:
             consumer.channel = channel
             consumer.outstanding = []
+            if started is not None:
+                self._fail_on_close(channel, started, f"consuming {consumer.queue}")
             channel.add_on_close_callback(functools.partial(self._on_consumer_closed, consumer))
             channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(consumer, channel))
 
@@ -470,6 +485,8 @@ class RabbitConnection(Connection):
         code = getattr(reason, "reply_code", 0)
         if code == 404:
             consumer.inbox.put(BrokerError(f"queue {consumer.queue} is gone: {reason}"))
+            if consumer in self._consumers:
+                self._consumers.remove(consumer)  # nothing to consume after a reconnect
             return
         # A consumer timeout (406 on 3.10-4.2) or a queue error closes only the channel: the
         # broker has requeued what it held. Open a fresh channel and carry on.
@@ -524,9 +541,11 @@ class RabbitConnection(Connection):
                     break
             if head:
                 channel.basic_ack(consumer.outstanding[head - 1], multiple=True)
+            acked_together = set(consumer.outstanding[:head])
+            held = set(consumer.outstanding)
             for tag, requeue in settled.items():
-                if tag in consumer.outstanding[:head]:
-                    continue
+                if tag in acked_together or tag not in held:
+                    continue  # settled already: a second ack would make the broker close us
                 if requeue:
                     channel.basic_nack(tag, requeue=True)
                 else:
