@@ -225,8 +225,12 @@ class BatchHandler:
 def ack_if_published(
     consumer: Consumer, delivery: Delivery
 ) -> Callable[[BaseException | None], None]:
+    """Ack once the copy is confirmed; if it was not, the original goes back instead."""
+
     def then(error: BaseException | None) -> None:
         if error is None:
             consumer.ack(delivery)
+        else:
+            consumer.requeue(delivery)
 
     return then
