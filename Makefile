@@ -9,12 +9,16 @@ BIN := $(VENV)/bin
 # Touched after a successful install: `make install` is a no-op until pyproject.toml changes.
 STAMP := $(VENV)/.installed
 LINT_PATHS := fleetrun tests bench examples
+# Azurite (the Azure Blob emulator of the storage tests), installed from tools/azurite's lock file.
+AZURITE_DIR := tools/azurite
+AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 DIGITS := examples/digits
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install tools demo test lint bench clean
 
 help:
 	@echo "make install  create .venv and install fleetrun with its dev and examples extras"
+	@echo "make tools    install Azurite (npm) for the Azure storage tests"
 	@echo "make demo     score the scikit-learn digits with the embedded broker and check accuracy"
 	@echo "make test     start RabbitMQ if needed, then run the test suite"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
@@ -29,13 +33,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,examples]'
 	touch $@
 
+# Touched after a successful `npm ci`: a no-op until package.json or its lock file changes.
+# Without npm the Azure tests skip locally; under CI=true a missing npm is an error.
+tools: $(AZURITE)
+
+$(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "npm ci --prefix $(AZURITE_DIR)"; \
+		npm ci --prefix $(AZURITE_DIR) --no-audit --no-fund --loglevel=error; \
+		touch $@; \
+	elif [ "$${CI:-}" = "true" ]; then \
+		echo "make tools: npm is not installed: CI needs Node.js 20+ with npm for Azurite" >&2; \
+		exit 1; \
+	else \
+		echo "make tools: warning: npm is not installed, so Azurite is not; the Azure storage" \
+			"tests will be skipped (install Node.js 20+ with npm, then run make tools)" >&2; \
+	fi
+
 demo: install
 	$(BIN)/python $(DIGITS)/make_data.py
 	$(BIN)/fleetrun run $(DIGITS)/job.yaml
 	$(BIN)/python $(DIGITS)/check_accuracy.py $(DIGITS)/out
 
 # Any non-zero pytest exit fails the target, including 5 (no tests collected).
-test: install
+test: install tools
 	scripts/ensure-rabbitmq
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 

@@ -10,6 +10,8 @@ import pika
 import pika.exceptions
 import pytest
 
+pytest_plugins = ["emulators"]  # Azurite and moto: tests/emulators.py
+
 DEFAULT_TEST_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 

@@ -124,7 +124,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def translate(exc: BaseException, uri: str) -> BaseException:
     """The exception a person should see for ``exc`` on ``uri``."""
-    if isinstance(exc, FileNotFoundError | StorageError):
+    if isinstance(exc, FileNotFoundError | FileExistsError | StorageError):
         return exc
     name = type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else name
@@ -258,16 +258,17 @@ def write_bytes(
 ) -> bool:
     """Write ``data`` whole or not at all. With ``exclusive`` an existing object wins.
 
-    Returns False when ``exclusive`` and the object already existed (nothing was written). On
-    object stores the existence check and the put are two requests: two writers racing inside
-    that window both write, and the later put wins (both wrote a result of the same batch).
+    Returns False when ``exclusive`` and the object already existed (nothing was written).
     """
     if not is_local(uri):
         fs, path = filesystem(uri, options)
-        if exclusive and call(uri, lambda: fs.exists(path)):
-            return False
+        mode = "create" if exclusive else "overwrite"
         try:
-            call(uri, lambda: fs.pipe_file(path, data))
+            # "create" is a conditional put (S3 If-None-Match, Azure overwrite=False): of two
+            # writers racing, exactly one wins.
+            call(uri, lambda: fs.pipe_file(path, data, mode=mode))
+        except FileExistsError:
+            return False
         except FileNotFoundError as exc:  # an object store says this of a missing bucket
             raise StorageError(
                 f"{uri}: the container or bucket does not exist ({exc}); create it, or fix the URI"
