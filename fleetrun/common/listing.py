@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleetrun.common.storage import StorageOptions, call, filesystem, with_protocol
 
@@ -33,30 +33,37 @@ def _drain(loop: asyncio.AbstractEventLoop, agen: AsyncIterator[Any]) -> Iterato
             return
 
 
-def _s3_keys(fs: Any, path: str) -> Iterator[str]:
+class InputFile(NamedTuple):
+    """One listed input: its URI and, where the listing says, its size in bytes."""
+
+    uri: str
+    size: int | None = None
+
+
+def _s3_keys(fs: Any, path: str) -> Iterator[tuple[str, int | None]]:
     bucket, _, prefix = path.partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     for entry in _drain(fs.loop, fs._iterdir(bucket, prefix=prefix, delimiter="")):
         if entry.get("type") == "file" and not entry["name"].endswith("/"):
-            yield entry["name"]
+            yield entry["name"], entry.get("size")
 
 
-def _azure_blobs(fs: Any, path: str) -> Iterator[str]:
+def _azure_blobs(fs: Any, path: str) -> Iterator[tuple[str, int | None]]:
     container, _, prefix = path.partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
 
-    async def blobs() -> AsyncIterator[str]:
+    async def blobs() -> AsyncIterator[tuple[str, int | None]]:
         async with fs.service_client.get_container_client(container=container) as client:
             async for blob in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
                 metadata = blob.metadata or {}
                 if any(str(metadata.get(k, "")).lower() == "true" for k in _FOLDER_MARKERS):
                     continue  # a folder marker blob, not a file
-                yield f"{container}/{blob.name}"
+                yield f"{container}/{blob.name}", blob.size
 
     yield from _drain(fs.loop, blobs())
 
 
-def _walk_sorted(fs: Any, path: str) -> Iterator[str]:
+def _walk_sorted(fs: Any, path: str) -> Iterator[tuple[str, int | None]]:
     entries = fs.ls(path, detail=True)
     keyed = sorted(
         (entry["name"].rstrip("/") + ("/" if entry["type"] == "directory" else ""), entry)
@@ -66,10 +73,10 @@ def _walk_sorted(fs: Any, path: str) -> Iterator[str]:
         if entry["type"] == "directory":
             yield from _walk_sorted(fs, key.rstrip("/"))
         else:
-            yield entry["name"]
+            yield entry["name"], entry.get("size")
 
 
-def _flat_lister(fs: Any) -> Callable[[Any, str], Iterator[str]] | None:
+def _flat_lister(fs: Any) -> Callable[[Any, str], Iterator[tuple[str, int | None]]] | None:
     kind = type(fs).__name__
     if kind == "S3FileSystem" and hasattr(fs, "_iterdir"):
         return _s3_keys
@@ -78,27 +85,27 @@ def _flat_lister(fs: Any) -> Callable[[Any, str], Iterator[str]] | None:
     return None
 
 
-def _list_one(uri: str, options: StorageOptions | None) -> Iterator[str]:
+def _list_one(uri: str, options: StorageOptions | None) -> Iterator[InputFile]:
     fs, path = filesystem(uri, options)
     if _GLOB_CHARS.intersection(path):
         matches = call(uri, lambda: fs.glob(path, detail=True))
         for name in sorted(matches):
             if matches[name].get("type") == "file":
-                yield with_protocol(uri, name)
+                yield InputFile(with_protocol(uri, name), matches[name].get("size"))
         return
     info = call(uri, lambda: _info_or_none(fs, path))
     if info is None:
         raise FileNotFoundError(f"input {uri} does not exist: check the path in 'inputs'")
     if info.get("type") == "file":
-        yield with_protocol(uri, path)
+        yield InputFile(with_protocol(uri, path), info.get("size"))
         return
     lister = _flat_lister(fs) or _walk_sorted
     pages = lister(fs, path.rstrip("/"))
     while True:
-        name = call(uri, lambda: next(pages, None), retry=False)
-        if name is None:
+        found = call(uri, lambda: next(pages, None), retry=False)
+        if found is None:
             return
-        yield with_protocol(uri, name)
+        yield InputFile(with_protocol(uri, found[0]), found[1])
 
 
 def _info_or_none(fs: Any, path: str) -> dict[str, Any] | None:
@@ -109,14 +116,22 @@ def _info_or_none(fs: Any, path: str) -> dict[str, Any] | None:
     return info
 
 
-def list_inputs(uris: Iterable[str], options: StorageOptions | None = None) -> Iterator[str]:
+def list_input_files(
+    uris: Iterable[str], options: StorageOptions | None = None
+) -> Iterator[InputFile]:
     """Stream every input file of ``uris`` in lexicographic URI order, without duplicates.
 
     Each input is listed lazily and the inputs are merged, so the first files come out before
     a large listing finishes, even when the inputs are on different clouds.
     """
     previous = None
-    for uri in heapq.merge(*(_list_one(u, options) for u in uris)):
-        if uri != previous:
-            yield uri
-            previous = uri
+    for found in heapq.merge(*(_list_one(u, options) for u in uris)):
+        if found.uri != previous:
+            yield found
+            previous = found.uri
+
+
+def list_inputs(uris: Iterable[str], options: StorageOptions | None = None) -> Iterator[str]:
+    """The URIs of :func:`list_input_files`."""
+    for found in list_input_files(uris, options):
+        yield found.uri

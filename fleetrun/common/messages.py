@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetrun.common.slices import TableSlice
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -64,7 +66,8 @@ class BatchMessage(_Message):
     state_uri: str
     reply_to: str  # the job's results queue
     index: int
-    items: list[str]
+    items: list[str]  # the batch's files (for a tabular batch: the files its slice reads)
+    slice: TableSlice | None = None  # tabular batches: the part of the table to read
     attempt: int = 1
     storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -81,6 +84,7 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
     traceback: str = ""
+    rows: int | None = None  # tabular: the rows of the batch, when they were read
     host: str = Field(default_factory=socket.gethostname)
     pid: int = Field(default_factory=os.getpid)
     time: float = Field(default_factory=time.time)
@@ -99,6 +103,7 @@ class BatchResult(_Message):
     attempt: int
     failed_items: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None
+    columns: list[str] = Field(default_factory=list)  # typed output: name:dtype per column
     host: str = Field(default_factory=socket.gethostname)
     pid: int = Field(default_factory=os.getpid)
 

@@ -22,6 +22,15 @@ from fleetrun.common.storage import is_local, resolve_uri
 
 InputFormat = Literal["files", "csv", "parquet", "jsonl"]
 OutputAction = Literal["append_row", "summary_only"]
+OutputFormat = Literal["text", "csv", "jsonl", "parquet"]
+TABULAR_EXTENSIONS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$", re.IGNORECASE)
 LoggingLevel = Literal["WARNING", "INFO", "DEBUG"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -54,9 +63,12 @@ _IDENTITY_KEYS = (
     "arguments",
     "side_inputs",
     "mini_batch_size",
+    "mini_batch_rows",
     "partition_keys",
     "output_action",
     "append_row_file_name",
+    "append_row_format",
+    "keep_columns",
     "environment_variables",
 )
 
@@ -69,16 +81,19 @@ class JobSpec(BaseModel):
     name: str
     job_id: str | None = None
     inputs: list[str] = Field(min_length=1)
-    input_format: InputFormat = "files"
+    input_format: InputFormat | None = None
     output: str
     entry_script: str
     source_directory: str = "."
     arguments: list[str] = Field(default_factory=list)
     side_inputs: dict[str, str] = Field(default_factory=dict)
-    mini_batch_size: int | str = 10
+    mini_batch_size: int | str | None = None
+    mini_batch_rows: int | None = Field(default=None, ge=1)
     partition_keys: list[str] | None = None
     output_action: OutputAction = "append_row"
     append_row_file_name: str = "parallel_run_step.txt"
+    append_row_format: OutputFormat = "text"
+    keep_columns: list[str] = Field(default_factory=list)
     error_threshold: int = Field(default=-1, ge=-1)
     allowed_failed_count: int = Field(default=-1, ge=-1)
     allowed_failed_percent: float = Field(default=100, ge=0, le=100)
@@ -144,24 +159,31 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _batch_size_fits_the_format(self) -> JobSpec:
-        if self.input_format != "files":
-            raise ValueError(
-                f"input_format {self.input_format!r} (tabular inputs) is not available yet; "
-                "use input_format: files"
-            )
-        if self.partition_keys:
-            raise ValueError(
-                "partition_keys applies to tabular inputs, which are not available yet"
-            )
-        size = self.mini_batch_size
-        if isinstance(size, str):
-            if not size.strip().isdigit():
-                raise ValueError(
-                    f"mini_batch_size {size!r}: file inputs take a count of files, e.g. 10"
-                )
-            object.__setattr__(self, "mini_batch_size", int(size))
-        if int(self.mini_batch_size) < 1:
-            raise ValueError("mini_batch_size must be at least 1 file")
+        # The spec is frozen; these fill in what was left to be inferred, once, here.
+        fmt = self.input_format or infer_input_format(self.inputs)
+        object.__setattr__(self, "input_format", fmt)
+        if fmt == "files":
+            for key in ("partition_keys", "mini_batch_rows", "keep_columns"):
+                if getattr(self, key):
+                    raise ValueError(
+                        f"{key} applies to tabular inputs (input_format csv, "
+                        "parquet or jsonl), not to files"
+                    )
+            size = 10 if self.mini_batch_size is None else self.mini_batch_size
+            if isinstance(size, str):
+                if not size.strip().isdigit():
+                    raise ValueError(
+                        f"mini_batch_size {size!r}: file inputs take a count of files, e.g. 10"
+                    )
+                size = int(size)
+            if size < 1:
+                raise ValueError("mini_batch_size must be at least 1 file")
+            object.__setattr__(self, "mini_batch_size", size)
+        else:
+            size = "1MB" if self.mini_batch_size is None else self.mini_batch_size
+            object.__setattr__(self, "mini_batch_size", parse_size(size))
+        if self.append_row_format != "text" and self.output_action != "append_row":
+            raise ValueError("append_row_format applies to output_action: append_row")
         for key in self.side_inputs:
             if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", key):
                 raise ValueError(f"side_inputs name {key!r} must be usable as --{key}")
@@ -169,8 +191,12 @@ class JobSpec(BaseModel):
 
     @property
     def batch_size(self) -> int:
-        """The number of files per mini-batch."""
-        return int(self.mini_batch_size)
+        """Files per mini-batch (file inputs), or bytes per mini-batch (tabular inputs)."""
+        return int(self.mini_batch_size or 0)
+
+    @property
+    def tabular(self) -> bool:
+        return self.input_format != "files"
 
     @property
     def state_uri(self) -> str:
@@ -191,6 +217,40 @@ class JobSpec(BaseModel):
     def resolved_job_id(self, code_digest: str) -> str:
         """``job_id`` if given, else ``name`` plus a short hash of the job's identity."""
         return self.job_id or f"{self.name}-{self.identity(code_digest)[:10]}"
+
+
+def parse_size(value: int | str) -> int:
+    """``1024``, ``"512KB"``, ``"10MB"``, ``"1GB"`` (1024-based) as a number of bytes."""
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(
+                f"mini_batch_size {value!r}: tabular inputs take a size such as 1024, 512KB, 10MB "
+                "or 1GB (or set mini_batch_rows for a row count)"
+            )
+        unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+        size = int(match.group(1)) * unit
+    if size < 1:
+        raise ValueError("mini_batch_size must be at least 1 byte")
+    return size
+
+
+def infer_input_format(inputs: list[str]) -> InputFormat:
+    """A tabular format when every input (file or glob) ends in its extension; else files.
+
+    Folders stay ``files``: a folder of CSV files is as often a set of files to hand over as
+    it is a table, and ParallelRunStep's FileDataset users expect paths.
+    """
+    formats = set()
+    for uri in inputs:
+        suffix = "." + uri.rsplit(".", 1)[-1].lower() if "." in uri.rsplit("/", 1)[-1] else ""
+        formats.add(TABULAR_EXTENSIONS.get(suffix))
+    if len(formats) == 1 and None not in formats:
+        fmt = formats.pop()
+        return fmt  # type: ignore[return-value]
+    return "files"
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:

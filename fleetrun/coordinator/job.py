@@ -26,6 +26,7 @@ from fleetrun.common.messages import (
     StopJob,
     Topology,
 )
+from fleetrun.common.output_formats import OutputSchemaError, check_columns
 from fleetrun.common.spec import JobSpec
 from fleetrun.coordinator.ledger import Ledger
 from fleetrun.coordinator.outputs import (
@@ -37,8 +38,9 @@ from fleetrun.coordinator.outputs import (
     write_reports,
     write_summary,
 )
-from fleetrun.coordinator.planner import plan_batches
+from fleetrun.coordinator.planner import plan
 from fleetrun.coordinator.progress import Progress
+from fleetrun.coordinator.tabular_plan import Warnings
 
 PUBLISH_WINDOW = 2000  # unconfirmed batch messages in flight; confirms pipeline up to this
 STALL_NOTICE_S = 60.0
@@ -126,6 +128,8 @@ class JobRun:
         self.planned_items = 0
         self.listing_done = False
         self.abort_reason = ""
+        self.warnings = Warnings()
+        self._columns: list[str] | None = None  # the typed output's columns, from a first batch
         self._stop_publishing = threading.Event()
         self._publisher_error: BaseException | None = None
         self._to_ack: list[Delivery] = []
@@ -169,6 +173,7 @@ class JobRun:
             result = BatchResult.from_bytes(delivery.body)
             if result.job_id == self.job_id and self.ledger.add(result):
                 self._last_progress = self.clock()
+                self._check_columns(result)
             if len(self._to_ack) >= 1000:
                 break
             delivery = self.results.get(0)
@@ -186,10 +191,10 @@ class JobRun:
     def _publish_plan(self) -> None:
         try:
             window: deque[tuple[Future[None], BatchMessage]] = deque()
-            for index, items in enumerate(plan_batches(self.spec)):
+            for index, batch in enumerate(plan(self.spec, self.warnings)):
                 if self._stop_publishing.is_set():
                     return
-                self.planned_items += len(items)
+                self.planned_items += len(batch.items)
                 self.planned_batches = index + 1
                 if index in self.ledger.results:
                     continue  # finished by an earlier run of this job
@@ -199,7 +204,8 @@ class JobRun:
                     state_uri=self.spec.state_uri,
                     reply_to=self.topology.results(self.job_id),
                     index=index,
-                    items=items,
+                    items=batch.items,
+                    slice=batch.slice,
                     storage_options=self.spec.storage_options,
                 )
                 window.append((self._publish(message), message))
@@ -208,6 +214,8 @@ class JobRun:
             while window:
                 self._confirm(*window.popleft())
             self.listing_done = True
+            for warning in self.warnings:
+                self.progress.say(f"warning: {warning}")
             self.log.debug("All batches published.", batches=self.planned_batches)
         except BaseException as exc:
             self._publisher_error = exc
@@ -231,6 +239,18 @@ class JobRun:
         )
 
     # -- thresholds and stalls -----------------------------------------------------------------
+
+    def _check_columns(self, result: BatchResult) -> None:
+        """A typed output needs the same columns from every batch: stop at the first misfit."""
+        if not result.columns or self.abort_reason:
+            return
+        if self._columns is None:
+            self._columns = result.columns
+            return
+        try:
+            check_columns(self._columns, result.columns, result.index, self.spec.append_row_format)
+        except OutputSchemaError as exc:
+            self._abort(str(exc))
 
     def _check_thresholds(self) -> None:
         if self.abort_reason:
@@ -318,13 +338,16 @@ class JobRun:
                 f"; last error: {first.type}: {first.message}" if first else ""
             )
         if status != "aborted" and spec.output_action == "append_row":
-            output = write_output_file(spec, self.ledger, self.planned_batches)
+            try:
+                output = write_output_file(spec, self.ledger, self.planned_batches)
+            except OutputSchemaError as exc:
+                status, reason = "failed", str(exc)
         summary = make_summary(
             self.job_id,
             status,
             reason,
             self.ledger,
-            self.planned_items,
+            c.items if spec.tabular else self.planned_items,
             self.planned_batches,
             self._started_wall,
             time.time(),

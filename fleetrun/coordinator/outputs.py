@@ -7,6 +7,7 @@ records, the ledger), so writing the outputs again after a crash gives the same 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 
 from fleetrun.common import storage
 from fleetrun.common.messages import ErrorInfo
+from fleetrun.common.output_formats import write_joined
 from fleetrun.common.parts import iter_part_body, part_uri
 from fleetrun.common.spec import JobSpec
 from fleetrun.coordinator.ledger import Ledger
@@ -59,12 +61,16 @@ def iso(timestamp: float) -> str:
 def write_output_file(spec: JobSpec, ledger: Ledger, total_batches: int) -> str:
     """Stream every batch's rows, in batch order, into the append_row file."""
     uri = spec.output_file_uri
-    with storage.atomic_writer(uri, spec.storage_options) as out:
+
+    def bodies() -> Iterator[tuple[int, list[str], Iterator[bytes]]]:
         for index in range(total_batches):
             result = ledger.results[index]
             if result.status == "succeeded" and result.succeeded > 0:
-                for block in iter_part_body(part_uri(spec.state_uri, index), spec.storage_options):
-                    out.write(block)
+                part = part_uri(spec.state_uri, index)
+                yield index, result.columns, iter_part_body(part, spec.storage_options)
+
+    with storage.atomic_writer(uri, spec.storage_options) as out:
+        write_joined(spec.append_row_format, bodies(), out)
     return uri
 
 

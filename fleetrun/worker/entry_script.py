@@ -31,11 +31,19 @@ class MiniBatchContext:
 class Outcome:
     """What one successful ``run()`` call produced, in input order."""
 
-    lines: list[str]
+    values: Any  # the successful elements: a list, or a DataFrame (tabular, keep_columns)
     succeeded: int
     failed_items: list[str]  # known failures (the missing keys of a dict return)
-    shortfall: int  # failures whose items are unknown (a short list return)
+    shortfall: int  # failures whose items are unknown (a short return)
     warning: str = ""
+
+    @property
+    def lines(self) -> list[str]:
+        """The elements as ParallelRunStep writes them: ``str(element)``, or a DataFrame's rows
+        space-separated, with no header and no index."""
+        if _is_frame(self.values):
+            return _lines_of_frame(self.values)
+        return [str(value) for value in self.values]
 
 
 def load(script: Path, code_dir: Path) -> ModuleType:
@@ -79,44 +87,84 @@ def _lines_of_frame(frame: Any) -> list[str]:
     return text.splitlines()
 
 
-def interpret(result: Any, inputs: Sequence[str]) -> Outcome:
-    """Apply the return-value rules of the contract to what ``run()`` returned."""
-    expected = len(inputs)
-    if isinstance(result, Mapping):
-        lines: list[str] = []
+def interpret(
+    result: Any,
+    inputs: Sequence[str],
+    input_frame: Any = None,
+    keep_columns: Sequence[str] = (),
+) -> Outcome:
+    """Apply the return-value rules of the contract to what ``run()`` returned.
+
+    ``inputs`` are the batch's files; for a tabular batch, ``input_frame`` is the DataFrame
+    ``run()`` was given, and its rows are the items.
+    """
+    expected = len(input_frame) if input_frame is not None else len(inputs)
+    if isinstance(result, Mapping) and input_frame is None:
+        values: Any = []
         missing: list[str] = []
         for item in inputs:
             if item in result:
-                lines.append(str(result[item]))
+                values.append(result[item])
             else:
                 missing.append(item)
         unknown = [k for k in result if k not in set(inputs)]
         warning = f"ignored {len(unknown)} keys that are not inputs of the batch" if unknown else ""
-        return Outcome(lines, expected - len(missing), missing, 0, warning)
-    if _is_frame(result):
-        lines = _lines_of_frame(result)
-        count = len(result)
+        return Outcome(values, expected - len(missing), missing, 0, warning)
+    if _is_frame(result) or _is_series(result):
+        values = result.to_frame() if _is_series(result) else result
     elif isinstance(result, list | tuple) or _is_array(result):
-        lines = [str(element) for element in result]
-        count = len(lines)
+        values = list(result)
     else:
+        hint = (
+            "a pandas DataFrame"
+            if input_frame is not None
+            else "a dict mapping each input to its result"
+        )
         raise EntryScriptError(
             f"run() returned {type(result).__name__}; return a list, a tuple, an array, a "
-            "pandas DataFrame or a dict mapping each input to its result"
+            f"pandas DataFrame or {hint}"
         )
+    count = len(values)
     warning = ""
     if count > expected:
         # One element per input is the contract; extra elements are dropped, not guessed at.
         warning = (
             f"run() returned {count} elements for {expected} inputs; kept the first {expected}"
         )
-        lines = lines[:expected]
-    succeeded = min(count, expected)
-    return Outcome(lines, succeeded, [], expected - succeeded, warning)
+        values = values.iloc[:expected] if _is_frame(values) else values[:expected]
+        count = expected
+    if keep_columns and input_frame is not None:
+        values = _with_kept_columns(values, input_frame, keep_columns)
+    return Outcome(values, count, [], expected - count, warning)
+
+
+def _with_kept_columns(values: Any, input_frame: Any, keep: Sequence[str]) -> Any:
+    """The input's ``keep`` columns in front of each output row (SageMaker's join-with-input)."""
+    import pandas as pd
+
+    missing = [c for c in keep if c not in input_frame.columns]
+    if missing:
+        raise EntryScriptError(f"keep_columns {missing} are not columns of the input")
+    frame = values if _is_frame(values) else pd.DataFrame({"result": values})
+    if len(frame) == len(input_frame):
+        kept = input_frame[list(keep)].reset_index(drop=True)
+    elif _is_frame(values) and frame.index.isin(input_frame.index).all():
+        kept = input_frame.loc[frame.index, list(keep)].reset_index(drop=True)
+    else:
+        raise EntryScriptError(
+            "keep_columns needs run() to return one row per input row, or a DataFrame whose "
+            "index holds the input rows it answers (return df.loc[ok_rows] to skip some)"
+        )
+    body = frame.reset_index(drop=True).drop(columns=[c for c in keep if c in frame.columns])
+    return pd.concat([kept, body], axis=1)
 
 
 def _is_frame(value: Any) -> bool:
     return type(value).__name__ == "DataFrame" and hasattr(value, "to_csv")
+
+
+def _is_series(value: Any) -> bool:
+    return type(value).__name__ == "Series" and hasattr(value, "to_frame")
 
 
 def _is_array(value: Any) -> bool:

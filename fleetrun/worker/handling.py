@@ -23,9 +23,10 @@ from fleetrun.common.broker import Connection, Consumer, Delivery
 from fleetrun.common.errors import Unroutable
 from fleetrun.common.messages import BatchMessage, BatchResult, ErrorInfo, Topology
 from fleetrun.common.parts import encode_part, part_uri, read_part_header
+from fleetrun.worker import tabular
 from fleetrun.worker.jobs import JobCache, LoadedJob
 from fleetrun.worker.runner_process import TryResult
-from fleetrun.worker.staging import stage
+from fleetrun.worker.staging import StagedBatch, stage
 from fleetrun.worker.work import Work
 
 
@@ -95,8 +96,14 @@ class BatchHandler:
     def stage(self, work: Work, slot_index: int) -> None:
         """Give the batch local paths; a failure to fetch fails the try, not the worker."""
         folder = work.job.work_dir / "inputs" / f"{slot_index}-{work.index}-{work.attempt}"
+        options = work.job.spec.storage_options
+        piece = work.message.slice
         try:
-            work.staged = stage(work.items, folder, work.job.spec.storage_options)
+            if piece is not None and piece.kind != "partition":
+                # A slice of a file: a remote CSV/JSONL range is fetched (only that range).
+                work.staged = StagedBatch(tabular.stage_slice(piece, folder, options), folder)
+            else:
+                work.staged = stage(work.items, folder, options)
         except Exception as exc:
             kind = "input_missing" if isinstance(exc, FileNotFoundError) else "staging_failed"
             work.staging_error = ErrorInfo(
@@ -146,16 +153,23 @@ class BatchHandler:
 
     def fail_batch(self, work: Work, attempt: int, error: ErrorInfo) -> None:
         """After the last allowed try: every item of the batch failed, with the last error."""
+        piece = work.message.slice
+        if piece is None:
+            items, failed_items = len(work.items), work.items
+        else:
+            # Rows, as read by the last try; or as planned (Parquet); or, unknown, one.
+            items = error.rows if error.rows is not None else (piece.rows or 1)
+            failed_items = [piece.describe()]
         header = BatchResult(
             job_id=work.job.job_id,
             run_id=work.message.run_id,
             index=work.index,
             status="failed",
-            items=len(work.items),
+            items=items,
             succeeded=0,
-            failed=len(work.items),
+            failed=items,
             attempt=attempt,
-            failed_items=work.items,
+            failed_items=failed_items,
             error=error,
         )
         options = work.job.spec.storage_options

@@ -21,8 +21,10 @@ from fleetrun import context
 from fleetrun.common import storage
 from fleetrun.common.logging import configure
 from fleetrun.common.messages import BatchResult, ErrorInfo
-from fleetrun.common.parts import encode_part, read_part_header
-from fleetrun.worker import entry_script
+from fleetrun.common.output_formats import encode
+from fleetrun.common.parts import read_part_header
+from fleetrun.common.slices import TableSlice
+from fleetrun.worker import entry_script, tabular
 
 
 def error_info(
@@ -45,6 +47,7 @@ class Runner:
         self.options = setup["storage_options"]
         self.module: Any = None
         self.with_context = False
+        self.rows: int | None = None  # the rows of the current tabular batch, once read
 
     def init(self) -> None:
         setup = self.setup
@@ -61,44 +64,57 @@ class Runner:
 
     def run(self, task: dict[str, Any]) -> BatchResult:
         index, attempt, items = task["index"], task["attempt"], task["items"]
+        piece = TableSlice.model_validate(task["slice"]) if task.get("slice") else None
         context._set(minibatch_index=index, attempt=attempt)
-        mini_batch = task["local_paths"]
-        if self.with_context:
-            result = self.module.run(mini_batch, entry_script.MiniBatchContext(index))
+        batch_context = entry_script.MiniBatchContext(index, piece.partition if piece else {})
+        frame = None
+        if piece is not None:
+            frame = tabular.load_frame(piece, task["local_paths"], self.options)
+            self.rows = len(frame)
+            mini_batch: Any = frame
         else:
-            result = self.module.run(mini_batch)
-        # The script sees local paths; results and failures are reported by input URI.
-        by_local = dict(zip(mini_batch, items, strict=True))
-        if isinstance(result, dict):
+            mini_batch = task["local_paths"]
+        result = (
+            self.module.run(mini_batch, batch_context)
+            if self.with_context
+            else self.module.run(mini_batch)
+        )
+        if isinstance(result, dict) and piece is None:
+            # The script sees local paths; results and failures are reported by input URI.
+            by_local = dict(zip(mini_batch, items, strict=True))
             result = {by_local.get(k, k): v for k, v in result.items()}
-        outcome = entry_script.interpret(result, items)
+        outcome = entry_script.interpret(result, items, frame, self.setup["keep_columns"])
         if outcome.warning:
             context.logger.warning(outcome.warning)
         self._upload_output_dir()
+        total = len(frame) if frame is not None else len(items)
         error = None
         if outcome.shortfall or outcome.failed_items:
-            failed = outcome.shortfall + len(outcome.failed_items)
             error = ErrorInfo(
                 batch=index,
                 attempt=attempt,
-                items=outcome.failed_items,
+                items=outcome.failed_items or ([piece.describe()] if piece else []),
                 kind="short_return",
                 type="ShortReturn",
-                message=f"run() returned {len(items) - failed} of {len(items)}",
+                message=f"run() returned {outcome.succeeded} of {total}",
+                rows=total if piece else None,
             )
+        fmt = self.setup["output_format"]
+        body, columns = (b"", []) if fmt == "none" else encode(outcome.values, outcome.lines, fmt)
         header = BatchResult(
             job_id=task["job_id"],
             run_id=task["run_id"],
             index=index,
             status="succeeded",
-            items=len(items),
+            items=total,
             succeeded=outcome.succeeded,
-            failed=len(items) - outcome.succeeded,
+            failed=total - outcome.succeeded,
             attempt=attempt,
             failed_items=outcome.failed_items,
             error=error,
+            columns=columns,
         )
-        data = encode_part(header, outcome.lines)
+        data = header.model_dump_json().encode() + b"\n" + body
         if storage.write_bytes(task["part_uri"], data, self.options, exclusive=True):
             return header
         # Another try of this batch finished first; its result stands.

@@ -100,6 +100,7 @@ class RunnerSlot:
             "items": work.items,
             "local_paths": work.staged.local_paths,
             "part_uri": part_uri(work.job.state_uri, work.index),
+            "slice": work.message.slice.model_dump() if work.message.slice else None,
         }
 
     def _env(self, job: LoadedJob) -> dict[str, str]:
@@ -127,6 +128,11 @@ class RunnerSlot:
             "output_uri": spec.output,
             "logging_level": spec.logging_level,
             "storage_options": spec.storage_options,
+            "keep_columns": spec.keep_columns,
+            # Parts of a summary_only job hold no rows: nothing will read them.
+            "output_format": spec.append_row_format
+            if spec.output_action == "append_row"
+            else "none",
             "worker": self.worker_name,
             # The script's own logging goes to a file per runner; warnings also to the console.
             "log_file": str(job.work_dir / "logs" / f"runner-{self.index}.jsonl"),
