@@ -91,8 +91,7 @@ class PlanReport:
                 for size, count in sorted(self.batch_sizes.items(), reverse=True)
             )
             lines = [f"{self.inputs} input files in {self.batches} mini-batches ({sizes})"]
-            if len(self.per_input) > 1:
-                lines += [f"  {uri}: {count} files" for uri, count in self.per_input.items()]
+            lines += [f"  {uri}: {count} files" for uri, count in self.per_input.items()]
         lines += [f"warning: {text}" for text in self.warnings]
         return "\n".join(lines)
 
@@ -106,7 +105,7 @@ def describe_plan(spec: JobSpec) -> PlanReport:
         if batch.slice is not None:
             key = batch.slice.uri or batch.slice.describe()
             report.per_file[key] = report.per_file.get(key, 0) + 1
-    if not spec.tabular and len(spec.inputs) > 1:
+    if not spec.tabular:
         for uri in spec.inputs:
             single = spec.model_copy(update={"inputs": [uri]})
             report.per_input[uri] = sum(1 for _ in list_job_inputs(single))

@@ -9,7 +9,7 @@ import pytest
 
 from fleetrun.common import snapshot
 from fleetrun.common.errors import SpecError
-from fleetrun.common.spec import JobSpec, load_spec, parse_overrides
+from fleetrun.common.spec import JobSpec, infer_input_format, load_spec, parse_overrides
 
 JobWriter = Callable[..., Path]  # the write_job fixture of conftest.py
 
@@ -179,13 +179,47 @@ def test_an_output_file_name_that_is_not_a_plain_name_is_refused(
     assert "append_row_file_name" in spec_error(write_job(append_row_file_name=bad_name))
 
 
-@pytest.mark.parametrize("input_format", ["csv", "parquet", "jsonl"])
-def test_a_tabular_input_format_says_it_is_not_available_yet(
-    write_job: JobWriter, input_format: str
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("1024", 1024), ("512KB", 512 * 1024), ("10MB", 10 * 1024**2), ("1GB", 1024**3), (2048, 2048)],
+)
+def test_a_tabular_mini_batch_size_is_a_1024_based_size(
+    write_job: JobWriter, size: object, expected: int
 ) -> None:
-    message = spec_error(write_job(input_format=input_format))
-    assert "not available yet" in message
-    assert "input_format: files" in message
+    spec = load_spec(write_job(input_format="csv", mini_batch_size=size))
+    assert spec.batch_size == expected
+
+
+def test_a_tabular_job_defaults_to_one_megabyte_batches(write_job: JobWriter) -> None:
+    assert load_spec(write_job(input_format="parquet", mini_batch_size=None)).batch_size == 1024**2
+
+
+def test_a_tabular_size_that_is_not_a_size_names_the_key(write_job: JobWriter) -> None:
+    message = spec_error(write_job(input_format="csv", mini_batch_size="lots"))
+    assert "mini_batch_size" in message
+    assert "512KB" in message
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        (["s3://b/x.csv"], "csv"),
+        (["a/*.parquet", "b/c.parquet"], "parquet"),
+        (["d/e.jsonl"], "jsonl"),
+        (["folder"], "files"),
+        (["a.csv", "b.parquet"], "files"),
+    ],
+)
+def test_the_input_format_is_inferred_from_the_input_extensions(
+    inputs: list[str], expected: str
+) -> None:
+    assert infer_input_format(inputs) == expected
+
+
+@pytest.mark.parametrize("key", ["partition_keys", "mini_batch_rows", "keep_columns"])
+def test_tabular_keys_are_refused_for_file_inputs(write_job: JobWriter, key: str) -> None:
+    value = 10 if key == "mini_batch_rows" else ["a"]
+    assert key in spec_error(write_job(input_format="files", **{key: value}))
 
 
 def test_an_unreadable_job_file_is_a_spec_error_naming_it(tmp_path: Path) -> None:
