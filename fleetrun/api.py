@@ -8,18 +8,18 @@ import threading
 from pathlib import Path
 
 from fleetrun.common.broker import connect
+from fleetrun.common.broker.base import TlsFiles
 from fleetrun.common.broker.embedded import EmbeddedBroker
 from fleetrun.common.messages import Topology
+from fleetrun.common.settings import default_cache_dir
 from fleetrun.common.spec import JobSpec, build_spec
+from fleetrun.common.status import StatusReply
+from fleetrun.coordinator.fleet import FleetView, StatusResponder
 from fleetrun.coordinator.job import JobRun, Prepared, prepare
 from fleetrun.coordinator.outputs import Summary
 from fleetrun.coordinator.planner import PlanReport, describe_plan
 from fleetrun.coordinator.progress import Progress
 from fleetrun.worker.supervisor import Supervisor, WorkerSettings
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FLEETRUN_CACHE_DIR") or Path.home() / ".cache" / "fleetrun")
 
 
 def resolve(spec: JobSpec, base_dir: Path | None = None) -> JobSpec:
@@ -33,6 +33,7 @@ def run(
     broker: str | list[str] | None = None,
     progress: Progress | None = None,
     namespace: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> Summary:
     """Run a job to its end and return its summary (also written to ``<output>/summary.json``).
 
@@ -52,8 +53,23 @@ def run(
             )
         return prepared.reused
     if broker:
-        with connect(broker, name=f"fleetrun-run-{socket.gethostname()}-{os.getpid()}") as conn:
-            return JobRun(prepared, conn, progress, topology).run()
+        name = f"fleetrun-run-{socket.gethostname()}-{os.getpid()}"
+        with connect(broker, name=name, tls=tls) as conn:
+            job = JobRun(prepared, conn, progress, topology)
+            # `fleetrun status` sees a foreground job like one run by a coordinator daemon.
+            fleet = FleetView(conn, topology)
+            responder = StatusResponder(
+                conn,
+                topology,
+                lambda _request: StatusReply(
+                    coordinator=name, jobs=[job.snapshot(fleet.workers(), name)]
+                ),
+            )
+            try:
+                return job.run()
+            finally:
+                responder.close()
+                fleet.close()
     return _run_embedded(prepared, spec, progress, topology)
 
 

@@ -42,6 +42,21 @@ class Topology:
         """A job's results queue, read by its coordinator."""
         return f"{self.namespace}.results.{job_id}"
 
+    @property
+    def jobs(self) -> str:
+        """Submitted jobs, taken by coordinator daemons."""
+        return f"{self.namespace}.jobs"
+
+    @property
+    def workers(self) -> str:
+        """The fanout exchange of worker heartbeats."""
+        return f"{self.namespace}.workers"
+
+    @property
+    def rpc(self) -> str:
+        """The fanout exchange of status and cancel requests to coordinators."""
+        return f"{self.namespace}.rpc"
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleetrun.common import snapshot, storage
 from fleetrun.common.broker import Connection, Delivery
@@ -28,6 +29,7 @@ from fleetrun.common.messages import (
 )
 from fleetrun.common.output_formats import OutputSchemaError, check_columns
 from fleetrun.common.spec import JobSpec
+from fleetrun.common.status import InFlight, JobStatus, WorkerStatus
 from fleetrun.coordinator.ledger import Ledger
 from fleetrun.coordinator.outputs import (
     Status,
@@ -89,6 +91,14 @@ def prepare(spec: JobSpec) -> Prepared:
     return Prepared(spec, job_id, Ledger.load(state, options))
 
 
+def prepare_from_state(state_uri: str, options: dict[str, dict[str, Any]]) -> Prepared:
+    """A job that was prepared (by ``fleetrun submit``) and perhaps partly run before."""
+    saved = storage.read_bytes(storage.join(state_uri, "spec.json"), options)
+    spec = JobSpec.model_validate_json(saved)
+    assert spec.job_id is not None
+    return Prepared(spec, spec.job_id, Ledger.load(spec.state_uri, spec.storage_options))
+
+
 def state_job_id(spec: JobSpec) -> str | None:
     """The id of the job whose state is in the spec's output folder, if any."""
     try:
@@ -128,6 +138,8 @@ class JobRun:
         self.planned_items = 0
         self.listing_done = False
         self.abort_reason = ""
+        self.stop_status: Status = "aborted"
+        self._cancel_reason = ""
         self.warnings = Warnings()
         self._columns: list[str] | None = None  # the typed output's columns, from a first batch
         self._stop_publishing = threading.Event()
@@ -158,7 +170,13 @@ class JobRun:
             self.progress.close()
         return self._finish()
 
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the job (from any thread): its remaining batches are dropped."""
+        self._cancel_reason = reason
+
     def finished(self) -> bool:
+        if self._cancel_reason and not self.abort_reason:
+            self._abort(self._cancel_reason, status="cancelled")
         if self._publisher_error is not None:
             raise self._publisher_error
         if self.abort_reason:
@@ -185,6 +203,40 @@ class JobRun:
         self._check_thresholds()
         self.progress.update(self.ledger.counts, self.planned_batches, self.listing_done)
         self._notice_stall()
+
+    def snapshot(self, workers: list[WorkerStatus], coordinator: str = "") -> JobStatus:
+        """How the job stands, for ``fleetrun status``."""
+        c = self.ledger.counts
+        elapsed = max(time.time() - self._started_wall, 1e-6)
+        rate = c.batches / elapsed
+        now = time.time()
+        in_flight = [
+            InFlight(
+                batch=h.batch, attempt=h.attempt, worker=w.worker, age_s=round(now - h.since, 1)
+            )
+            for w in workers
+            for h in w.held
+            if h.job_id == self.job_id
+        ]
+        left = self.planned_batches - len(self.ledger.results)
+        return JobStatus(
+            job_id=self.job_id,
+            name=self.spec.name,
+            state="running",
+            output=self.spec.output,
+            batches_total=self.planned_batches if self.listing_done else None,
+            batches_planned=self.planned_batches,
+            batches_done=c.batches,
+            batches_failed=c.batches_failed,
+            batches_retried=c.batches_retried,
+            items_succeeded=c.items - c.items_failed,
+            items_failed=c.items_failed,
+            rate=round(rate, 2),
+            eta_s=round(left / rate, 1) if self.listing_done and rate > 0 else None,
+            queued=max(0, left - len(in_flight)),
+            in_flight=sorted(in_flight, key=lambda f: f.batch),
+            coordinator=coordinator,
+        )
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -274,9 +326,10 @@ class JobRun:
                     f"more than allowed_failed_percent={spec.allowed_failed_percent:g}"
                 )
 
-    def _abort(self, reason: str) -> None:
+    def _abort(self, reason: str, status: Status = "aborted") -> None:
         """Drop the remaining batches: workers stop taking them, the publisher stops."""
         self.abort_reason = reason
+        self.stop_status = status
         self._stop_publishing.set()
         storage.write_bytes(
             storage.join(self.spec.state_uri, "stopped", self.run_id),
@@ -290,7 +343,7 @@ class JobRun:
             self.log.warning(
                 "Could not broadcast the stop; workers will see the marker.", error=str(exc)
             )
-        self.progress.say(f"Aborting the job: {reason}.")
+        self.progress.say(f"Stopping the job ({status}): {reason}.")
 
     def _notice_stall(self) -> None:
         now = self.clock()
@@ -330,14 +383,14 @@ class JobRun:
         reason = f"all {self.planned_batches} mini-batches finished"
         output: str | None = None
         if self.abort_reason:
-            status, reason = "aborted", self.abort_reason
+            status, reason = self.stop_status, self.abort_reason
         elif c.items and c.items == c.items_failed:
             status = "failed"
             first = errors[-1] if errors else None
             reason = "run() did not process any item successfully" + (
                 f"; last error: {first.type}: {first.message}" if first else ""
             )
-        if status != "aborted" and spec.output_action == "append_row":
+        if status not in ("aborted", "cancelled") and spec.output_action == "append_row":
             try:
                 output = write_output_file(spec, self.ledger, self.planned_batches)
             except OutputSchemaError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 from fleetrun.common import storage
 from fleetrun.common.messages import ErrorInfo
 from fleetrun.common.parts import part_uri
+from fleetrun.common.status import HeldBatch
 from fleetrun.worker.jobs import LoadedJob
 from fleetrun.worker.runner_process import RunnerProcess, TryResult
 from fleetrun.worker.work import Work
@@ -33,6 +34,7 @@ class RunnerSlot:
         self.gpu_count = gpu_count
         self.runner: RunnerProcess | None = None
         self.last_used = time.monotonic()
+        self.holding: HeldBatch | None = None  # the batch being run, for heartbeats
 
     def start_try(self, work: Work) -> TryResult | None:
         """Send the batch to a ready runner; a TryResult if the try failed before that."""

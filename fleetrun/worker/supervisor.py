@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from pydantic import ValidationError
 from fleetrun.common.broker import Connection, Consumer
 from fleetrun.common.logging import get_logger
 from fleetrun.common.messages import StopJob, Topology
+from fleetrun.common.status import HEARTBEAT_S, HeldBatch, WorkerStatus
+from fleetrun.worker.dispatch import Dispatcher
 from fleetrun.worker.handling import BatchHandler
 from fleetrun.worker.jobs import JobCache
 from fleetrun.worker.slot import RunnerSlot
@@ -75,17 +78,25 @@ class Supervisor:
         conn.declare_queue(control_queue, exclusive=True)
         conn.bind(control_queue, topology.control)
         control = conn.consume(control_queue, prefetch=50)
+        conn.declare_fanout(topology.workers)
         batches = conn.consume(topology.batches, prefetch=self.settings.effective_prefetch)
+        dispatcher = Dispatcher(batches)
         slot_threads = [
             threading.Thread(
-                target=self._slot_loop, args=(slot, batches), name=f"slot-{slot.index}", daemon=True
+                target=self._slot_loop,
+                args=(slot, dispatcher),
+                name=f"slot-{slot.index}",
+                daemon=True,
             )
             for slot in self._slots
         ]
-        control_thread = threading.Thread(
-            target=self._control_loop, args=(control,), name="control", daemon=True
-        )
-        for thread in [*slot_threads, control_thread]:
+        helpers = [
+            threading.Thread(
+                target=self._control_loop, args=(control,), name="control", daemon=True
+            ),
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+        ]
+        for thread in [*slot_threads, *helpers]:
             thread.start()
         self._started.set()
         self.log.info(
@@ -101,7 +112,7 @@ class Supervisor:
         batches.cancel()
         for thread in slot_threads:
             thread.join()
-        while (delivery := batches.get(timeout=0.3)) is not None:
+        for delivery in dispatcher.drain():
             self._handler.hand_back(batches, delivery)
         self._handler.wait_for_confirms()
         for slot in self._slots:
@@ -139,22 +150,40 @@ class Supervisor:
                 pass
             control.ack(delivery)
 
-    def _next_work(self, slot: RunnerSlot, batches: Consumer, timeout: float) -> Work | None:
+    def _served_jobs(self) -> set[str]:
+        return {s.runner.job_id for s in self._slots if s.runner is not None}
+
+    def _next_work(self, slot: RunnerSlot, dispatcher: Dispatcher, timeout: float) -> Work | None:
         """The next batch that needs a runner, staged; None if none came within ``timeout``."""
         while True:
-            delivery = batches.get(timeout=timeout)
+            own_job = slot.runner.job_id if slot.runner is not None else None
+            delivery = dispatcher.take(own_job, self._served_jobs, timeout)
             if delivery is None:
                 return None
-            work = self._handler.triage(batches, delivery)
+            work = self._handler.triage(dispatcher.consumer, delivery)
             if work is not None:
                 self._handler.stage(work, slot.index)
                 return work
 
-    def _slot_loop(self, slot: RunnerSlot, batches: Consumer) -> None:
+    def _heartbeat_loop(self) -> None:
+        """Tell coordinators what this worker holds, for ``fleetrun status``."""
+        host, _, pid = self.settings.name.rpartition(":")
+        while not self._stopping.wait(HEARTBEAT_S):
+            held = [s.holding for s in self._slots if s.holding is not None]
+            status = WorkerStatus(
+                worker=self.settings.name,
+                host=host or socket.gethostname(),
+                pid=int(pid) if pid.isdigit() else os.getpid(),
+                runners=len(self._slots),
+                held=held,
+            )
+            self._conn.publish("", status.to_bytes(), exchange=self.topology.workers)
+
+    def _slot_loop(self, slot: RunnerSlot, dispatcher: Dispatcher) -> None:
         upcoming: Work | None = None
         while not self._stopping.is_set():
             try:
-                work = upcoming or self._next_work(slot, batches, timeout=0.5)
+                work = upcoming or self._next_work(slot, dispatcher, timeout=0.5)
             except Exception as exc:
                 self.log.error("Cannot take batches any more; stopping.", error=str(exc))
                 self._stopping.set()
@@ -163,18 +192,22 @@ class Supervisor:
             if work is None:
                 slot.stop_if_idle(self.settings.idle_runner_timeout)
                 continue
+            slot.holding = HeldBatch(
+                job_id=work.job.job_id, batch=work.index, attempt=work.attempt, since=time.time()
+            )
             try:
                 outcome = slot.start_try(work)
                 if outcome is None:
                     # Stage the next batch while run() works on this one.
                     if not self._stopping.is_set():
-                        upcoming = self._next_work(slot, batches, timeout=0)
+                        upcoming = self._next_work(slot, dispatcher, timeout=0)
                     outcome = slot.wait_try(work)
                 self._handler.conclude(work, outcome)
             except Exception:
                 self.log.exception("Unexpected error handling a batch; it goes back to the queue.")
                 work.consumer.requeue(work.delivery)
             finally:
+                slot.holding = None
                 work.cleanup()
         if upcoming is not None:
             upcoming.cleanup()

@@ -13,6 +13,7 @@ import abc
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -112,7 +113,22 @@ class Connection(abc.ABC):
         self.close()
 
 
-def connect(url: str | list[str], name: str = "fleetrun", *, embedded: Any = None) -> Connection:
+@dataclass(frozen=True)
+class TlsFiles:
+    """Certificates for ``amqps://``: the CA to trust, and a client certificate if required."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+def connect(
+    url: str | list[str],
+    name: str = "fleetrun",
+    *,
+    embedded: Any = None,
+    tls: TlsFiles | None = None,
+) -> Connection:
     """A connection to RabbitMQ (one URL or a cluster's list) or to an embedded broker."""
     if embedded is not None:
         return embedded.connect()  # type: ignore[no-any-return]
@@ -120,4 +136,4 @@ def connect(url: str | list[str], name: str = "fleetrun", *, embedded: Any = Non
 
     urls = [url] if isinstance(url, str) else list(url)
     flat = [u.strip() for entry in urls for u in entry.split(",") if u.strip()]
-    return RabbitConnection(flat, name=name)
+    return RabbitConnection(flat, name=name, tls=tls)

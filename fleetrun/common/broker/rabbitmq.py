@@ -20,6 +20,7 @@ import functools
 import logging
 import queue as stdqueue
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from fleetrun.common.broker.base import Connection, Consumer, Delivery
+from fleetrun.common.broker.base import Connection, Consumer, Delivery, TlsFiles
 from fleetrun.common.errors import BrokerError, BrokerUnavailable, ConnectionLost, Unroutable
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,13 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _parameters(url: str, name: str) -> pika.URLParameters:
+def _parameters(url: str, name: str, tls: TlsFiles | None = None) -> pika.URLParameters:
     params = pika.URLParameters(url)
+    if tls is not None and url.startswith("amqps://"):
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        params.ssl_options = pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
     if "heartbeat" not in (urlsplit(url).query or ""):
         params.heartbeat = DEFAULT_HEARTBEAT
     params.client_properties = {"connection_name": name}
@@ -114,11 +120,14 @@ class _RabbitConsumer(Consumer):
 class RabbitConnection(Connection):
     """A connection to RabbitMQ (or a cluster, tried in turn) with a reconnecting I/O thread."""
 
-    def __init__(self, urls: list[str], name: str = "fleetrun") -> None:
+    def __init__(
+        self, urls: list[str], name: str = "fleetrun", tls: TlsFiles | None = None
+    ) -> None:
         if not urls:
             raise BrokerError("no broker URL given")
         self._urls = urls
         self._name = name
+        self._tls = tls
         self._lock = threading.Lock()
         self._conn: pika.SelectConnection | None = None
         self._channel: Channel | None = None  # the publishing channel, in confirm mode
@@ -163,7 +172,7 @@ class RabbitConnection(Connection):
             self._attempt += 1
             try:
                 conn = pika.SelectConnection(
-                    _parameters(url, self._name),
+                    _parameters(url, self._name, self._tls),
                     on_open_callback=self._on_open,
                     on_open_error_callback=self._on_open_error,
                     on_close_callback=self._on_close,

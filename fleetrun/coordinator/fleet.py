@@ -1,0 +1,130 @@
+"""The fleet as a coordinator sees it: worker heartbeats in, status and cancel requests answered.
+
+Both ride on fanout exchanges with an exclusive, auto-deleted queue per listener, so they cost
+nothing when nobody listens and vanish with the process that listened.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from fleetrun.common.broker import Connection, Consumer
+from fleetrun.common.messages import Topology
+from fleetrun.common.status import HEARTBEAT_S, StatusReply, StatusRequest, WorkerStatus
+
+FORGET_AFTER_S = 3 * HEARTBEAT_S
+
+
+def _listen(conn: Connection, exchange: str, tag: str) -> Consumer:
+    queue = f"{exchange}.{tag}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+    conn.declare_fanout(exchange)
+    conn.declare_queue(queue, exclusive=True)
+    conn.bind(queue, exchange)
+    return conn.consume(queue, prefetch=100)
+
+
+class FleetView:
+    """The latest heartbeat of every worker that sent one recently."""
+
+    def __init__(self, conn: Connection, topology: Topology) -> None:
+        self._consumer = _listen(conn, topology.workers, "view")
+        self._latest: dict[str, WorkerStatus] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fleet-view", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delivery = self._consumer.get(timeout=0.5)
+            except Exception:
+                return
+            if delivery is None:
+                continue
+            try:
+                status = WorkerStatus.from_bytes(delivery.body)
+                with self._lock:
+                    self._latest[status.worker] = status
+            except ValidationError:
+                pass
+            self._consumer.ack(delivery)
+
+    def workers(self) -> list[WorkerStatus]:
+        cutoff = time.time() - FORGET_AFTER_S
+        with self._lock:
+            return [w for w in self._latest.values() if w.sent_at >= cutoff]
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class StatusResponder:
+    """Answers ``fleetrun status`` and ``fleetrun cancel`` for the jobs of this process."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        topology: Topology,
+        answer: Callable[[StatusRequest], StatusReply],
+    ) -> None:
+        self._conn = conn
+        self._answer = answer
+        self._consumer = _listen(conn, topology.rpc, "coordinator")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delivery = self._consumer.get(timeout=0.5)
+            except Exception:
+                return
+            if delivery is None:
+                continue
+            try:
+                request = StatusRequest.from_bytes(delivery.body)
+                reply = self._answer(request)
+                self._conn.publish(request.reply_to, reply.to_bytes())
+            except ValidationError:
+                pass
+            except Exception:  # a status answer must never take a coordinator down
+                pass
+            self._consumer.ack(delivery)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def ask(
+    conn: Connection, topology: Topology, request: StatusRequest, timeout: float = 1.5
+) -> list[StatusReply]:
+    """Broadcast a request to every coordinator; the replies that came within ``timeout``."""
+    reply_queue = f"{topology.rpc}.reply.{uuid.uuid4().hex[:12]}"
+    conn.declare_queue(reply_queue, exclusive=True)
+    replies = conn.consume(reply_queue, prefetch=100)
+    conn.declare_fanout(topology.rpc)
+    message = request.model_copy(update={"reply_to": reply_queue})
+    conn.publish("", message.to_bytes(), exchange=topology.rpc).result(10)
+    answers: list[StatusReply] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        delivery = replies.get(timeout=left)
+        if delivery is None:
+            break
+        replies.ack(delivery)
+        try:
+            answers.append(StatusReply.from_bytes(delivery.body))
+        except ValidationError:
+            continue
+    replies.cancel()
+    conn.delete_queue(reply_queue)
+    return answers
