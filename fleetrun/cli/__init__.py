@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from fleetrun.cli import daemons, jobs
-from fleetrun.cli.common import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_STOPPED_NOW
+from fleetrun.cli.common import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, EXIT_STOPPED_NOW
+
+__all__ = ["EXIT_BAD_SPEC", "EXIT_FAILED", "EXIT_OK", "EXIT_STOPPED_NOW", "main", "parser"]
 from fleetrun.common.errors import FleetrunError, SpecError
 
 
