@@ -144,6 +144,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             idle_runner_timeout=settings.idle_runner_timeout,
             gpu_count=settings.gpu_count,
             namespace=settings.namespace,
+            drain_timeout=settings.drain_timeout,
         ),
     )
     _on_signals(supervisor.stop, supervisor.kill_runners)

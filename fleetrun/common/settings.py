@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from fleetrun.common.broker.base import TlsFiles
+from fleetrun.common.errors import SpecError
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +58,17 @@ class DaemonSettings(BaseSettings):
     def load(cls, config: Path | None, default_config: Path | None, **flags: Any) -> Any:
         """The settings from every source; flags that were not given (None) do not count."""
         cls.config_file = config or default_config
-        return cls(**{k: v for k, v in flags.items() if v is not None})
+        try:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])} ({e['msg']}; got {e.get('input')!r})"
+                for e in exc.errors()
+            )
+            raise SpecError(
+                f"invalid settings: {problems}. Fix the flag, the FLEETRUN_* variable or the "
+                f"settings file ({cls.config_file})"
+            ) from None
 
     @property
     def broker_urls(self) -> list[str]:
@@ -74,8 +85,17 @@ class DaemonSettings(BaseSettings):
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (its affinity: what a container or cgroup allows)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class WorkerDaemonSettings(DaemonSettings):
-    processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    processes: int = Field(default_factory=usable_cpus, ge=1)
+    drain_timeout: float = Field(default=3600.0, gt=0)
     prefetch: int = Field(default=0, ge=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     idle_runner_timeout: float = Field(default=300.0, gt=0)

@@ -45,6 +45,7 @@ class WorkerSettings:
     idle_runner_timeout: float = 300.0
     gpu_count: int = 0
     namespace: str = "fleetrun"
+    drain_timeout: float = 3600.0  # how long a drain waits for running batches
 
     @property
     def effective_prefetch(self) -> int:
@@ -67,6 +68,7 @@ class Supervisor:
         ]
         self._stopping = threading.Event()
         self._started = threading.Event()
+        self._abandoning = False  # set when a drain runs out of time
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -110,8 +112,17 @@ class Supervisor:
             pass  # a timed wait, so signal handlers run promptly in the main thread
         self.log.info("Worker is draining: no new batches; finishing the ones it holds.")
         batches.cancel()
+        deadline = time.monotonic() + self.settings.drain_timeout
         for thread in slot_threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in slot_threads):
+            # The drain ran out of time: give the batches still running back, costing no try.
+            self.log.warning("Drain timeout: handing back the batches still running.")
+            self._abandoning = True
+            for slot in self._slots:
+                slot.discard()
+            for thread in slot_threads:
+                thread.join()
         for delivery in dispatcher.drain():
             self._handler.hand_back(batches, delivery)
         self._handler.wait_for_confirms()
@@ -202,7 +213,10 @@ class Supervisor:
                     if not self._stopping.is_set():
                         upcoming = self._next_work(slot, dispatcher, timeout=0)
                     outcome = slot.wait_try(work)
-                self._handler.conclude(work, outcome)
+                if self._abandoning:
+                    self._handler.hand_back(work.consumer, work.delivery)
+                else:
+                    self._handler.conclude(work, outcome)
             except Exception:
                 self.log.exception("Unexpected error handling a batch; it goes back to the queue.")
                 work.consumer.requeue(work.delivery)
