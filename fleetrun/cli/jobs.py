@@ -207,9 +207,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
     unknown_since = time.monotonic()
     with conn:
         while True:
-            jobs = _jobs(
-                ask(conn, topology, StatusRequest(job_id=args.job_id, reply_to="")), args.job_id
-            )
+            request = StatusRequest(job_id=args.job_id, reply_to="")
+            replies = ask(conn, topology, request, enough=lambda got: bool(_jobs(got, args.job_id)))
+            jobs = _jobs(replies, args.job_id)
             if not jobs:
                 if time.monotonic() - unknown_since > 60:
                     print(f"fleetrun: no coordinator knows job {args.job_id}", file=sys.stderr)
@@ -234,7 +234,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_OK if job.state == "succeeded" else EXIT_FAILED
-            time.sleep(1)
+            time.sleep(0.5)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

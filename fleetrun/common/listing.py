@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
+
+from fsspec.utils import glob_translate
 
 from fleetrun.common.storage import StorageOptions, call, filesystem, with_protocol
 
@@ -56,11 +59,16 @@ def _azure_blobs(fs: Any, path: str) -> Iterator[tuple[str, int | None]]:
         async with fs.service_client.get_container_client(container=container) as client:
             async for blob in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
                 metadata = blob.metadata or {}
-                if any(str(metadata.get(k, "")).lower() == "true" for k in _FOLDER_MARKERS):
+                if blob.name.endswith("/") or _is_folder_marker(metadata):
                     continue  # a folder marker blob, not a file
                 yield f"{container}/{blob.name}", blob.size
 
     yield from _drain(fs.loop, blobs())
+
+
+def _is_folder_marker(metadata: dict[str, Any] | None) -> bool:
+    """Tools that "create a folder" in a bucket leave a marker object; it is not an input."""
+    return any(str((metadata or {}).get(k, "")).lower() == "true" for k in _FOLDER_MARKERS)
 
 
 def _walk_sorted(fs: Any, path: str) -> Iterator[tuple[str, int | None]]:
@@ -87,11 +95,24 @@ def _flat_lister(fs: Any) -> Callable[[Any, str], Iterator[tuple[str, int | None
 
 def _list_one(uri: str, options: StorageOptions | None) -> Iterator[InputFile]:
     fs, path = filesystem(uri, options)
+    flat = _flat_lister(fs)
+    if _GLOB_CHARS.intersection(path) and flat is not None:
+        # On an object store: list the pattern's fixed prefix flat (streaming, in key order,
+        # raw key names, so folder markers show as such) and match the keys to the pattern.
+        pattern = re.compile(glob_translate(path))
+        fixed = path[: min(path.find(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+        keys = flat(fs, fixed)
+        while (found := call(uri, lambda: next(keys, None), retry=False)) is not None:
+            if pattern.match(found[0]):
+                yield InputFile(with_protocol(uri, found[0]), found[1])
+        return
     if _GLOB_CHARS.intersection(path):
         matches = call(uri, lambda: fs.glob(path, detail=True))
         for name in sorted(matches):
-            if matches[name].get("type") == "file":
-                yield InputFile(with_protocol(uri, name), matches[name].get("size"))
+            info = matches[name]
+            marker = name.endswith("/") or _is_folder_marker(info.get("metadata"))
+            if info.get("type") == "file" and not marker:
+                yield InputFile(with_protocol(uri, name), info.get("size"))
         return
     info = call(uri, lambda: _info_or_none(fs, path))
     if info is None:
@@ -99,8 +120,7 @@ def _list_one(uri: str, options: StorageOptions | None) -> Iterator[InputFile]:
     if info.get("type") == "file":
         yield InputFile(with_protocol(uri, path), info.get("size"))
         return
-    lister = _flat_lister(fs) or _walk_sorted
-    pages = lister(fs, path.rstrip("/"))
+    pages = (flat or _walk_sorted)(fs, path.rstrip("/"))
     while True:
         found = call(uri, lambda: next(pages, None), retry=False)
         if found is None:

@@ -266,7 +266,9 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"  - {key!r} is required: add it to the spec")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {key}: {message} (got {item.get('input')!r})")
+            # Never echo what storage_options held: it may be the secret being refused.
+            got = "" if key.startswith("storage_options") else f" (got {item.get('input')!r})"
+            lines.append(f"  - {key}: {message}{got}")
     return "\n".join(lines)
 
 

@@ -105,9 +105,14 @@ class StatusResponder:
 
 
 def ask(
-    conn: Connection, topology: Topology, request: StatusRequest, timeout: float = 1.5
+    conn: Connection,
+    topology: Topology,
+    request: StatusRequest,
+    timeout: float = 1.5,
+    enough: Callable[[list[StatusReply]], bool] | None = None,
 ) -> list[StatusReply]:
-    """Broadcast a request to every coordinator; the replies that came within ``timeout``."""
+    """Broadcast a request to every coordinator; the replies that came within ``timeout``
+    (sooner, once ``enough`` says the replies so far will do)."""
     reply_queue = f"{topology.rpc}.reply.{uuid.uuid4().hex[:12]}"
     conn.declare_queue(reply_queue, exclusive=True)
     replies = conn.consume(reply_queue, prefetch=100)
@@ -125,6 +130,8 @@ def ask(
             answers.append(StatusReply.from_bytes(delivery.body))
         except ValidationError:
             continue
+        if enough is not None and enough(answers):
+            break
     replies.cancel()
     conn.delete_queue(reply_queue)
     return answers

@@ -19,7 +19,7 @@ from typing import Any
 
 from fleetrun.common import snapshot, storage
 from fleetrun.common.broker import Connection, Delivery
-from fleetrun.common.errors import ConnectionLost, FleetrunError
+from fleetrun.common.errors import ConnectionLost, FleetrunError, SpecError
 from fleetrun.common.logging import get_logger
 from fleetrun.common.messages import (
     BatchMessage,
@@ -68,6 +68,9 @@ def prepare(spec: JobSpec) -> Prepared:
         for uri in [spec.output, *spec.inputs]
         if storage.is_local(uri) and Path(storage.local_path(uri)).is_dir()
     ]
+    for name, uri in spec.side_inputs.items():
+        if not storage.exists(uri, options):
+            raise SpecError(f"side input {name}: {uri} does not exist; fix side_inputs.{name}")
     code, digest = snapshot.build(source, exclude=exclude)
     job_id = spec.resolved_job_id(digest)
     previous = read_summary(spec)
@@ -110,7 +113,7 @@ def state_job_id(spec: JobSpec) -> str | None:
 
 def clear_state(spec: JobSpec) -> None:
     """Forget every finished batch in the output folder's job state."""
-    for folder in ("parts", "ledger", "errors", "stopped"):
+    for folder in ("parts", "ledger", "errors", "stopped", "tries"):
         storage.remove_tree(storage.join(spec.state_uri, folder), spec.storage_options)
 
 
@@ -192,6 +195,9 @@ class JobRun:
             if result.job_id == self.job_id and self.ledger.add(result):
                 self._last_progress = self.clock()
                 self._check_columns(result)
+                if result.error is not None and result.error.kind == "script_invalid":
+                    # Every batch would fail the same way: stop now, not after all of them.
+                    self._abort(result.error.message, status="failed")
             if len(self._to_ack) >= 1000:
                 break
             delivery = self.results.get(0)
@@ -390,7 +396,8 @@ class JobRun:
             reason = "run() did not process any item successfully" + (
                 f"; last error: {first.type}: {first.message}" if first else ""
             )
-        if status not in ("aborted", "cancelled") and spec.output_action == "append_row":
+        # A job stopped early (aborted, cancelled, failed at once) writes no output file.
+        if not self.abort_reason and spec.output_action == "append_row":
             try:
                 output = write_output_file(spec, self.ledger, self.planned_batches)
             except OutputSchemaError as exc:

@@ -10,6 +10,7 @@ between two workers.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from fleetrun.common.errors import Unroutable
 from fleetrun.common.messages import BatchMessage, BatchResult, ErrorInfo, Topology
 from fleetrun.common.parts import encode_part, part_uri, read_part_header
 from fleetrun.worker import tabular
-from fleetrun.worker.jobs import JobCache, LoadedJob
+from fleetrun.worker.jobs import JobCache, JobLoadError, JobStateGone, LoadedJob
 from fleetrun.worker.runner_process import TryResult
 from fleetrun.worker.staging import StagedBatch, stage
 from fleetrun.worker.work import Work
@@ -32,6 +33,10 @@ from fleetrun.worker.work import Work
 
 def error_record_uri(state_uri: str, index: int, attempt: int) -> str:
     return storage.join(state_uri, "errors", f"{index:09d}-{attempt:03d}.json")
+
+
+def try_marker_uri(state_uri: str, index: int, attempt: int) -> str:
+    return storage.join(state_uri, "tries", f"{index:09d}-{attempt:03d}")
 
 
 class BatchHandler:
@@ -57,12 +62,15 @@ class BatchHandler:
             consumer.ack(delivery)
             return None
         log = self.log.bind(job_id=message.job_id, batch=message.index)
+        load_error: JobLoadError | None = None
         try:
             job = self.jobs.get(message)
-        except FileNotFoundError as exc:
+        except JobStateGone as exc:
             log.error("The job's state folder is gone; dropping its batch.", error=str(exc))
             consumer.ack(delivery)
             return None
+        except JobLoadError as exc:
+            job, load_error = exc.job, exc
         if self.jobs.is_stopped(job, message.run_id):
             consumer.ack(delivery)
             return None
@@ -72,14 +80,41 @@ class BatchHandler:
             # Finished before (by this or another worker): announce it again, run nothing.
             self.publish_result(consumer, delivery, message, read_part_header(part, options))
             return None
-        attempt = message.attempt + delivery.prior_returns()
+        attempt = self._tries_spent(job, message, delivery.prior_returns())
         work = Work(consumer, delivery, message, job, attempt)
+        if load_error is not None:
+            work.staging_error = ErrorInfo(
+                batch=work.index,
+                attempt=attempt,
+                items=work.items,
+                kind="side_input_failed",
+                type=type(load_error.__cause__ or load_error).__name__,
+                message=str(load_error),
+            )
         for lost in range(message.attempt, attempt):
             self.record_error(job, self._lost_try(work, lost))
         if attempt > job.spec.run_max_try:
             self.fail_batch(work, attempt - 1, self._lost_try(work, attempt - 1))
             return None
         return work
+
+    def _tries_spent(self, job: LoadedJob, message: BatchMessage, returns: int) -> int:
+        """The number of this try: the tries fleetrun recorded, plus the returns the broker
+        counted whose try had actually started (its marker exists). A batch that a dead or
+        draining worker held without starting it costs no try, whatever the broker counted."""
+        attempt = message.attempt
+        options = job.spec.storage_options
+        while returns > 0 and storage.exists(
+            try_marker_uri(job.state_uri, message.index, attempt), options
+        ):
+            attempt += 1
+            returns -= 1
+        return attempt
+
+    def mark_started(self, work: Work) -> None:
+        """Record, before the runner gets it, that this try started (see _tries_spent)."""
+        uri = try_marker_uri(work.job.state_uri, work.index, work.attempt)
+        storage.write_bytes(uri, b"", work.job.spec.storage_options)
 
     @staticmethod
     def _lost_try(work: Work, attempt: int) -> ErrorInfo:
@@ -95,7 +130,12 @@ class BatchHandler:
 
     def stage(self, work: Work, slot_index: int) -> None:
         """Give the batch local paths; a failure to fetch fails the try, not the worker."""
-        folder = work.job.work_dir / "inputs" / f"{slot_index}-{work.index}-{work.attempt}"
+        if work.staging_error is not None:
+            return
+        # Unique per worker process: several workers on one machine may share the cache.
+        folder = (
+            work.job.work_dir / "inputs" / f"{os.getpid()}-{slot_index}-{work.index}-{work.attempt}"
+        )
         options = work.job.spec.storage_options
         piece = work.message.slice
         try:
@@ -138,7 +178,9 @@ class BatchHandler:
             error=f"{error.type}: {error.message}"[:300],
         )
         self.record_error(work.job, error)
-        if work.attempt >= work.job.spec.run_max_try:
+        # A missing input or a script that cannot load will fail again: no point in more tries.
+        poison = error.kind in ("input_missing", "script_invalid")
+        if work.attempt >= work.job.spec.run_max_try or poison:
             self.fail_batch(work, work.attempt, error)
             return
         retry = work.message.model_copy(update={"attempt": work.attempt + 1})

@@ -8,8 +8,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetrun.common import snapshot, storage
+from fleetrun.common.errors import FleetrunError
 from fleetrun.common.messages import BatchMessage
 from fleetrun.common.spec import JobSpec
+
+
+class JobStateGone(FleetrunError):
+    """The job's state folder (its spec or code) no longer exists: its batches are moot."""
+
+
+class JobLoadError(FleetrunError):
+    """The job is known, but something it needs on this machine could not be had."""
+
+    def __init__(self, job: LoadedJob, message: str) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 def stop_marker_uri(state_uri: str, run_id: str) -> str:
@@ -25,6 +38,7 @@ class LoadedJob:
     arguments: list[str]
     work_dir: Path
     stopped_runs: set[str] = field(default_factory=set)
+    script_error: str = ""  # set once the entry script failed to load on this worker
     running_runs: set[str] = field(default_factory=set)
 
 
@@ -54,9 +68,11 @@ class JobCache:
     def _load(self, message: BatchMessage) -> LoadedJob:
         options = message.storage_options
         state = message.state_uri
-        spec = JobSpec.model_validate_json(
-            storage.read_bytes(storage.join(state, "spec.json"), options)
-        )
+        try:
+            saved = storage.read_bytes(storage.join(state, "spec.json"), options)
+        except FileNotFoundError as exc:
+            raise JobStateGone(f"{state}/spec.json is gone: {exc}") from exc
+        spec = JobSpec.model_validate_json(saved)
         work_dir = self._cache_dir / "jobs" / message.job_id
         work_dir.mkdir(parents=True, exist_ok=True)
         # Several workers on one machine share the cache: one of them fetches, the others wait.
@@ -64,13 +80,23 @@ class JobCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             code_dir = work_dir / "code"
             if not (code_dir / ".complete").exists():
-                code = storage.read_bytes(storage.join(state, "code.zip"), options)
+                try:
+                    code = storage.read_bytes(storage.join(state, "code.zip"), options)
+                except FileNotFoundError as exc:
+                    raise JobStateGone(f"{state}/code.zip is gone: {exc}") from exc
                 snapshot.extract(code, code_dir)
             arguments = list(spec.arguments)
+            job = LoadedJob(message.job_id, spec, state, code_dir, arguments, work_dir)
             for name, uri in spec.side_inputs.items():
-                local = self._stage_side_input(uri, work_dir / "side" / name, options)
+                try:
+                    local = self._stage_side_input(uri, work_dir / "side" / name, options)
+                except Exception as exc:
+                    # The job is known; only its side input failed: that fails the try.
+                    raise JobLoadError(
+                        job, f"side input {name} ({uri}) could not be fetched: {exc}"
+                    ) from exc
                 arguments += [f"--{name}", local]
-        return LoadedJob(message.job_id, spec, state, code_dir, arguments, work_dir)
+        return job
 
     @staticmethod
     def _stage_side_input(uri: str, destination: Path, options: storage.StorageOptions) -> str:

@@ -49,7 +49,8 @@ class Runner:
         self.with_context = False
         self.rows: int | None = None  # the rows of the current tabular batch, once read
 
-    def init(self) -> None:
+    def load(self) -> None:
+        """Import the entry script: a failure here will fail every try the same way."""
         setup = self.setup
         code_dir = Path(setup["code_dir"])
         sys.argv = [setup["entry_script"], *setup["arguments"]]
@@ -58,6 +59,8 @@ class Runner:
         context._set(job_id=setup["job_id"], output_dir=output_dir, worker=setup["worker"])
         self.module = entry_script.load(code_dir / setup["entry_script"], code_dir)
         self.with_context = entry_script.takes_context(self.module.run)
+
+    def init(self) -> None:
         init = getattr(self.module, "init", None)
         if callable(init):
             init()
@@ -134,6 +137,7 @@ class Runner:
         shutdown = getattr(self.module, "shutdown", None)
         if callable(shutdown):
             shutdown()
+            self._upload_output_dir()  # what shutdown() wrote reaches the output too
 
 
 def serve(conn: Connection) -> None:
@@ -141,11 +145,12 @@ def serve(conn: Connection) -> None:
     assert kind == "init"
     configure(setup["logging_level"], json=True, log_file=setup["log_file"])
     runner = Runner(setup)
-    try:
-        runner.init()
-    except BaseException as exc:
-        conn.send(("failed", error_info("init_failed", exc, -1, 0, []).model_dump()))
-        return
+    for step, kind in ((runner.load, "script_invalid"), (runner.init, "init_failed")):
+        try:
+            step()
+        except BaseException as exc:
+            conn.send(("failed", error_info(kind, exc, -1, 0, []).model_dump()))
+            return
     conn.send(("ready", None))
     while True:
         try:

@@ -40,6 +40,19 @@ class RunnerSlot:
         """Send the batch to a ready runner; a TryResult if the try failed before that."""
         if work.staging_error is not None:
             return TryResult("failed", error=work.staging_error)
+        if work.job.script_error:
+            # Loading failed before on this worker; it would fail again the same way.
+            return TryResult(
+                "failed",
+                error=ErrorInfo(
+                    batch=work.index,
+                    attempt=work.attempt,
+                    items=work.items,
+                    kind="script_invalid",
+                    type="EntryScriptError",
+                    message=f"the entry script cannot be loaded: {work.job.script_error}",
+                ),
+            )
         failed_init = self._ensure_runner(work)
         if failed_init is not None:
             return failed_init
@@ -70,6 +83,8 @@ class RunnerSlot:
         if started.kind == "ready":
             return None
         self.discard()
+        if started.error is not None and started.error.kind == "script_invalid":
+            work.job.script_error = f"{started.error.type}: {started.error.message}"
         error = started.error or ErrorInfo(
             batch=work.index,
             attempt=work.attempt,
@@ -86,8 +101,12 @@ class RunnerSlot:
                     "batch": work.index,
                     "attempt": work.attempt,
                     "items": work.items,
-                    "kind": "init_failed",
-                    "message": f"init() failed: {error.message}",
+                    "kind": error.kind if error.kind == "script_invalid" else "init_failed",
+                    "message": (
+                        f"the entry script cannot be loaded: {error.type}: {error.message}"
+                        if error.kind == "script_invalid"
+                        else f"init() failed: {error.message}"
+                    ),
                 }
             ),
         )
@@ -119,7 +138,8 @@ class RunnerSlot:
         output_dir = (
             Path(storage.local_path(spec.output))
             if storage.is_local(spec.output)
-            else job.work_dir / "output" / str(self.index)
+            # Unique per runner process: workers on one machine may share the cache folder.
+            else job.work_dir / "output" / f"{os.getpid()}-{self.index}"
         )
         return {
             "job_id": job.job_id,

@@ -6,9 +6,14 @@ import hashlib
 import posixpath
 import shutil
 from pathlib import Path
+from typing import Any
 
 from fleetrun.common import storage
 from fleetrun.common.storage import StorageOptions
+
+
+def _fetch(uri: str, fs: Any, paths: list[str], targets: list[str]) -> None:
+    storage.call(uri, lambda: fs.get(paths, targets))
 
 
 class StagedBatch:
@@ -35,12 +40,13 @@ def stage(items: list[str], folder: Path, options: StorageOptions) -> StagedBatc
         digest = hashlib.sha1(uri.encode()).hexdigest()[:8]
         local[uri] = str(folder / digest / posixpath.basename(uri.rstrip("/")))
         Path(local[uri]).parent.mkdir(parents=True, exist_ok=True)
-    by_fs: dict[int, tuple[object, list[str], list[str]]] = {}
+    by_fs: dict[int, tuple[Any, list[str], list[str], str]] = {}
     for uri in remote:
         fs, path = storage.filesystem(uri, options)
-        entry = by_fs.setdefault(id(fs), (fs, [], []))
+        entry = by_fs.setdefault(id(fs), (fs, [], [], uri))
         entry[1].append(path)
         entry[2].append(local[uri])
-    for fs, paths, targets in by_fs.values():
-        fs.get(paths, targets)  # type: ignore[attr-defined]  # fsspec fetches these concurrently
+    for fs, paths, targets, first in by_fs.values():
+        # fsspec fetches a list concurrently; errors come out translated, naming a URI.
+        _fetch(first, fs, paths, targets)
     return StagedBatch([local.get(uri, storage.local_path(uri)) for uri in items], folder)

@@ -69,6 +69,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._abandoning = False  # set when a drain runs out of time
+        self._failed = False  # set when the worker stops on an error rather than a request
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class Supervisor:
         for slot in self._slots:
             slot.stop()
         self.log.info("Worker stopped.")
-        return 0
+        return 1 if self._failed else 0
 
     def wait_started(self, timeout: float | None = None) -> bool:
         return self._started.wait(timeout)
@@ -171,7 +172,13 @@ class Supervisor:
             delivery = dispatcher.take(own_job, self._served_jobs, timeout)
             if delivery is None:
                 return None
-            work = self._handler.triage(dispatcher.consumer, delivery)
+            try:
+                work = self._handler.triage(dispatcher.consumer, delivery)
+            except Exception:
+                # One batch (or one job) must never take the worker down.
+                self.log.exception("Could not look at a batch; it goes back to the queue.")
+                dispatcher.consumer.requeue(delivery)
+                continue
             if work is not None:
                 self._handler.stage(work, slot.index)
                 return work
@@ -197,6 +204,7 @@ class Supervisor:
                 work = upcoming or self._next_work(slot, dispatcher, timeout=0.5)
             except Exception as exc:
                 self.log.error("Cannot take batches any more; stopping.", error=str(exc))
+                self._failed = True
                 self._stopping.set()
                 return
             upcoming = None
@@ -207,6 +215,8 @@ class Supervisor:
                 job_id=work.job.job_id, batch=work.index, attempt=work.attempt, since=time.time()
             )
             try:
+                if work.staging_error is None:
+                    self._handler.mark_started(work)
                 outcome = slot.start_try(work)
                 if outcome is None:
                     # Stage the next batch while run() works on this one.

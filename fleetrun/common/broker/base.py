@@ -34,8 +34,9 @@ class Delivery:
 
         Quorum queues count returns in ``x-delivery-count`` (3.10-4.2: every return; 4.3+: only
         failed ones) and, from 4.3, every hand-out in ``x-acquired-count``. Taking the largest
-        of both, and at least 1 when ``redelivered`` is set, is right on every version, and so
-        is a crash of the holder costing the message a try.
+        of both, and at least 1 when ``redelivered`` is set, is right on every version. The
+        worker counts a return as a lost try only if that try had started (see
+        ``BatchHandler._tries_spent``).
         """
         counts = [
             int(self.headers.get(h, 0) or 0) for h in ("x-delivery-count", "x-acquired-count")
