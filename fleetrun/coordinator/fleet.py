@@ -6,14 +6,13 @@ nothing when nobody listens and vanish with the process that listened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-
-from pydantic import ValidationError
 
 from fleetrun.common.broker import Connection, Consumer
 from fleetrun.common.messages import Topology
@@ -30,43 +29,54 @@ def _listen(conn: Connection, exchange: str, tag: str) -> Consumer:
     return conn.consume(queue, prefetch=100)
 
 
-class FleetView:
-    """The latest heartbeat of every worker that sent one recently."""
+class _Listener:
+    """A thread that hands every message of a fanout exchange to ``handle``."""
 
-    def __init__(self, conn: Connection, topology: Topology) -> None:
-        self._consumer = _listen(conn, topology.workers, "view")
-        self._latest: dict[str, WorkerStatus] = {}
-        self._lock = threading.Lock()
+    def __init__(self, conn: Connection, exchange: str, tag: str) -> None:
+        self._consumer = _listen(conn, exchange, tag)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fleet-view", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=tag, daemon=True)
         self._thread.start()
+
+    def handle(self, body: bytes) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 delivery = self._consumer.get(timeout=0.5)
             except Exception:
-                return
+                return  # the connection is closing
             if delivery is None:
                 continue
-            try:
-                status = WorkerStatus.from_bytes(delivery.body)
-                with self._lock:
-                    self._latest[status.worker] = status
-            except ValidationError:
-                pass
+            with contextlib.suppress(Exception):  # one bad message must not stop the listener
+                self.handle(delivery.body)
             self._consumer.ack(delivery)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class FleetView(_Listener):
+    """The latest heartbeat of every worker that sent one recently."""
+
+    def __init__(self, conn: Connection, topology: Topology) -> None:
+        self._latest: dict[str, WorkerStatus] = {}
+        self._lock = threading.Lock()
+        super().__init__(conn, topology.workers, "view")
+
+    def handle(self, body: bytes) -> None:
+        status = WorkerStatus.from_bytes(body)
+        with self._lock:
+            self._latest[status.worker] = status
 
     def workers(self) -> list[WorkerStatus]:
         cutoff = time.time() - FORGET_AFTER_S
         with self._lock:
             return [w for w in self._latest.values() if w.sent_at >= cutoff]
 
-    def close(self) -> None:
-        self._stop.set()
 
-
-class StatusResponder:
+class StatusResponder(_Listener):
     """Answers ``fleetrun status`` and ``fleetrun cancel`` for the jobs of this process."""
 
     def __init__(
@@ -77,31 +87,11 @@ class StatusResponder:
     ) -> None:
         self._conn = conn
         self._answer = answer
-        self._consumer = _listen(conn, topology.rpc, "coordinator")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
-        self._thread.start()
+        super().__init__(conn, topology.rpc, "coordinator")
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                delivery = self._consumer.get(timeout=0.5)
-            except Exception:
-                return
-            if delivery is None:
-                continue
-            try:
-                request = StatusRequest.from_bytes(delivery.body)
-                reply = self._answer(request)
-                self._conn.publish(request.reply_to, reply.to_bytes())
-            except ValidationError:
-                pass
-            except Exception:  # a status answer must never take a coordinator down
-                pass
-            self._consumer.ack(delivery)
-
-    def close(self) -> None:
-        self._stop.set()
+    def handle(self, body: bytes) -> None:
+        request = StatusRequest.from_bytes(body)
+        self._conn.publish(request.reply_to, self._answer(request).to_bytes())
 
 
 def ask(
