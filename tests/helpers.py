@@ -466,8 +466,8 @@ def read_table(data: bytes | Path, fmt: str) -> Any:
     source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
     if fmt == "csv":
         return pd.read_csv(source)
-    if fmt == "jsonl":
-        return pd.read_json(source, lines=True)
+    if fmt == "jsonl":  # precise_float: pandas' fast float parser may be off by an ulp
+        return pd.read_json(source, lines=True, precise_float=True)
     return pd.read_parquet(source)
 
 

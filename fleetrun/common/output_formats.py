@@ -9,7 +9,8 @@ not fit is a clear error, not a mangled file.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Iterator
 from typing import IO, Any
 
 from fleetrun.common.errors import FleetrunError
@@ -35,26 +36,43 @@ def schema_of(frame: Any) -> list[str]:
     return [f"{name}:{dtype}" for name, dtype in frame.dtypes.items()]
 
 
-def encode(values: Any, lines: Iterable[str], fmt: str) -> tuple[bytes, list[str]]:
-    """A batch's part body in ``fmt``, and its columns (``name:dtype``) for the typed formats."""
+def encode(outcome: Any, fmt: str) -> tuple[bytes, list[str]]:
+    """A batch's part body in ``fmt``, and its columns (``name:dtype``) for the typed formats.
+
+    ``outcome`` has ``values`` (the successful elements) and ``lines`` (their text form, only
+    computed for the text format).
+    """
     if fmt == "text":
-        return "".join(f"{line}\n" for line in lines).encode(), []
-    frame = to_frame(values)
+        return "".join(f"{line}\n" for line in outcome.lines).encode(), []
+    frame = to_frame(outcome.values)
     if fmt == "csv":
         return frame.to_csv(header=False, index=False, lineterminator="\n").encode(), schema_of(
             frame
         )
     if fmt == "jsonl":
-        if frame.empty:
-            return b"", schema_of(frame)
-        text: str = frame.to_json(orient="records", lines=True, date_format="iso")
-        return (text if text.endswith("\n") else text + "\n").encode(), schema_of(frame)
+        # json.dumps writes floats exactly (DataFrame.to_json rounds to 10 digits).
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        body = "".join(
+            json.dumps(r, default=_json_value, ensure_ascii=False) + "\n" for r in records
+        )
+        return body.encode(), schema_of(frame)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
     return buffer.getvalue(), schema_of(frame)
+
+
+def _json_value(value: Any) -> Any:
+    """What json.dumps cannot write by itself: numpy scalars, timestamps, bytes."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def check_columns(reference: list[str] | None, schema: list[str], batch: int, fmt: str) -> None:

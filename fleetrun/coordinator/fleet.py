@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from fleetrun.common.broker import Connection, Consumer
 from fleetrun.common.messages import Topology
 from fleetrun.common.status import HEARTBEAT_S, StatusReply, StatusRequest, WorkerStatus

@@ -300,7 +300,7 @@ class JobRun:
 
     def _check_columns(self, result: BatchResult) -> None:
         """A typed output needs the same columns from every batch: stop at the first misfit."""
-        if not result.columns or self.abort_reason:
+        if not result.columns or not result.succeeded or self.abort_reason:
             return
         if self._columns is None:
             self._columns = result.columns

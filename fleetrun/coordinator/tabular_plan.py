@@ -80,8 +80,10 @@ def _bytes_per_row(spec: JobSpec, uri: str, size: int) -> float:
     """An estimate from the first 64 KB, for row-count sizing of line-based files."""
     fs, path = storage.filesystem(uri, spec.storage_options)
     sample: bytes = storage.call(uri, lambda: fs.cat_file(path, start=0, end=min(size, _SAMPLE)))
-    lines = max(1, sample.count(b"\n"))
-    return len(sample) / lines
+    whole = sample[: sample.rfind(b"\n") + 1] or sample  # whole lines only
+    if spec.input_format == "csv" and whole.count(b"\n") > 1:
+        whole = whole[whole.find(b"\n") + 1 :]  # the header is not a row
+    return len(whole) / max(1, whole.count(b"\n"))
 
 
 def parquet_metadata(uri: str, options: storage.StorageOptions) -> Any:

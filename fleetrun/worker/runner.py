@@ -103,7 +103,9 @@ class Runner:
                 rows=total if piece else None,
             )
         fmt = self.setup["output_format"]
-        body, columns = (b"", []) if fmt == "none" else encode(outcome.values, outcome.lines, fmt)
+        body, columns = (b"", []) if fmt == "none" else encode(outcome, fmt)
+        if not outcome.succeeded:
+            columns = []  # no rows: nothing for the output file's columns to agree with
         header = BatchResult(
             job_id=task["job_id"],
             run_id=task["run_id"],
@@ -164,10 +166,15 @@ def serve(conn: Connection) -> None:
                 conn.send(("bye", None))
             return
         task = message[1]
+        runner.rows = None
         try:
             header = runner.run(task)
         except BaseException as exc:
-            info = error_info("exception", exc, task["index"], task["attempt"], task["items"])
+            items = task["items"]
+            if task.get("slice"):
+                items = [TableSlice.model_validate(task["slice"]).describe()]
+            info = error_info("exception", exc, task["index"], task["attempt"], items)
+            info.rows = runner.rows  # a tabular batch's rows, if they were read
             conn.send(("failed", info.model_dump()))
             continue
         conn.send(("done", header.model_dump_json()))
