@@ -296,6 +296,19 @@ def write_bytes(
                 os.unlink(temporary)
 
 
+def touch(uri: str, options: StorageOptions | None = None) -> None:
+    """Create an empty marker object (its existence is all it says)."""
+    if is_local(uri):
+        path = local_path(uri)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        return
+    write_bytes(uri, b"", options)
+
+
 def list_names(uri: str, options: StorageOptions | None = None) -> list[str]:
     """The names (not paths) of the files directly inside folder ``uri``; empty if absent."""
     if is_local(uri):

@@ -114,7 +114,7 @@ class BatchHandler:
     def mark_started(self, work: Work) -> None:
         """Record, before the runner gets it, that this try started (see _tries_spent)."""
         uri = try_marker_uri(work.job.state_uri, work.index, work.attempt)
-        storage.write_bytes(uri, b"", work.job.spec.storage_options)
+        storage.touch(uri, work.job.spec.storage_options)
 
     @staticmethod
     def _lost_try(work: Work, attempt: int) -> ErrorInfo:
