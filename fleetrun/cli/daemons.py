@@ -102,8 +102,10 @@ def _on_signals(graceful: Callable[[], None], immediate: Callable[[], None]) -> 
         count["n"] += 1
         if count["n"] == 1:
             graceful()
-        else:
+            return
+        try:
             immediate()
+        finally:
             os._exit(EXIT_STOPPED_NOW)
 
     signal.signal(signal.SIGTERM, handle)

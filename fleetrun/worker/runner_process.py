@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 from collections.abc import Mapping
@@ -62,6 +63,7 @@ class RunnerProcess:
         self._conn = Connection(parent.detach())
         self.ready = False
         self._task: dict[str, Any] = {}
+        self._close_lock = threading.Lock()
         self._sent_at = 0.0
 
     @property
@@ -176,8 +178,12 @@ class RunnerProcess:
         self.kill()
 
     def kill(self) -> None:
+        """Kill the runner and everything it started; safe to call twice, from two threads
+        (a slot giving up on its runner while a second signal stops the worker)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
-        self._conn.close()
+        with self._close_lock, contextlib.suppress(OSError):
+            if not self._conn.closed:
+                self._conn.close()
