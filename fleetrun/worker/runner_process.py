@@ -12,8 +12,8 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
