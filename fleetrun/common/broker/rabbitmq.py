@@ -17,6 +17,7 @@ retry.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import queue as stdqueue
 import random
@@ -277,7 +278,10 @@ class RabbitConnection(Connection):
         ok = isinstance(method, Basic.Ack)
         with self._lock:
             if method.multiple:
-                tags = [t for t in self._unconfirmed if t <= method.delivery_tag]
+                # Tags are inserted in increasing order: the confirmed ones are at the front.
+                tags = list(
+                    itertools.takewhile(lambda t: t <= method.delivery_tag, self._unconfirmed)
+                )
             else:
                 tags = [method.delivery_tag]
             futures = [(t, self._unconfirmed.pop(t)) for t in tags if t in self._unconfirmed]
