@@ -50,11 +50,16 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     def take(
-        self, own_job: str | None, served: Callable[[], set[str]], timeout: float
+        self,
+        own_job: str | None,
+        served: Callable[[], set[str]],
+        timeout: float,
+        stopping: threading.Event | None = None,
     ) -> Delivery | None:
-        """The delivery this slot should run next, or None after ``timeout`` seconds."""
+        """The delivery this slot should run next, or None after ``timeout`` seconds (or as
+        soon as ``stopping`` is set)."""
         deadline = self._clock() + timeout
-        while True:
+        while stopping is None or not stopping.is_set():
             with self._lock:
                 while (delivery := self.consumer.get(timeout=0)) is not None:
                     self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
@@ -69,6 +74,7 @@ class Dispatcher:
             if delivery is not None:
                 with self._lock:
                     self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+        return None
 
     def _choose(self, own_job: str | None, served: set[str]) -> _Waiting | None:
         if not self._waiting:
@@ -90,7 +96,9 @@ class Dispatcher:
     def drain(self) -> list[Delivery]:
         """Everything held and not taken (for handing back on shutdown)."""
         with self._lock:
-            while (delivery := self.consumer.get(timeout=0.3)) is not None:
+            # Deliveries still in flight when the consumer was cancelled; any later one is
+            # handed back by the broker itself (and costs no try: it never started).
+            while (delivery := self.consumer.get(timeout=0.1)) is not None:
                 self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
             held, self._waiting = self._waiting, []
         return [w.delivery for w in held]

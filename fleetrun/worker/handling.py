@@ -25,7 +25,13 @@ from fleetrun.common.errors import Unroutable
 from fleetrun.common.messages import BatchMessage, BatchResult, ErrorInfo, Topology
 from fleetrun.common.parts import encode_part, part_uri, read_part_header
 from fleetrun.worker import tabular
-from fleetrun.worker.jobs import JobCache, JobLoadError, JobStateGone, LoadedJob
+from fleetrun.worker.jobs import (
+    JobCache,
+    JobLoadError,
+    JobStateGone,
+    JobStateInvalid,
+    LoadedJob,
+)
 from fleetrun.worker.runner_process import TryResult
 from fleetrun.worker.staging import StagedBatch, stage
 from fleetrun.worker.work import Work
@@ -71,6 +77,10 @@ class BatchHandler:
             return None
         except JobLoadError as exc:
             job, load_error = exc.job, exc
+        except JobStateInvalid as exc:
+            log.error("The job cannot be read on this worker; its batch fails.", error=str(exc))
+            self._fail_unreadable(consumer, delivery, message, str(exc))
+            return None
         if self.jobs.is_stopped(job, message.run_id):
             consumer.ack(delivery)
             return None
@@ -115,6 +125,36 @@ class BatchHandler:
         """Record, before the runner gets it, that this try started (see _tries_spent)."""
         uri = try_marker_uri(work.job.state_uri, work.index, work.attempt)
         storage.touch(uri, work.job.spec.storage_options)
+
+    def _fail_unreadable(
+        self, consumer: Consumer, delivery: Delivery, message: BatchMessage, reason: str
+    ) -> None:
+        """A batch whose job this worker cannot read: failed at once, for the coordinator."""
+        error = ErrorInfo(
+            batch=message.index,
+            attempt=message.attempt,
+            items=message.items,
+            kind="job_unreadable",
+            type="JobStateInvalid",
+            message=reason,
+        )
+        header = BatchResult(
+            job_id=message.job_id,
+            run_id=message.run_id,
+            index=message.index,
+            status="failed",
+            items=len(message.items),
+            succeeded=0,
+            failed=len(message.items),
+            attempt=message.attempt,
+            failed_items=message.items,
+            error=error,
+        )
+        part = part_uri(message.state_uri, message.index)
+        options = message.storage_options
+        if not storage.write_bytes(part, encode_part(header, []), options, exclusive=True):
+            header = read_part_header(part, options)
+        self.publish_result(consumer, delivery, message, header)
 
     @staticmethod
     def _lost_try(work: Work, attempt: int) -> ErrorInfo:

@@ -17,6 +17,10 @@ class JobStateGone(FleetrunError):
     """The job's state folder (its spec or code) no longer exists: its batches are moot."""
 
 
+class JobStateInvalid(FleetrunError):
+    """The job's spec cannot be read here: every try of its batches would fail the same way."""
+
+
 class JobLoadError(FleetrunError):
     """The job is known, but something it needs on this machine could not be had."""
 
@@ -72,7 +76,13 @@ class JobCache:
             saved = storage.read_bytes(storage.join(state, "spec.json"), options)
         except FileNotFoundError as exc:
             raise JobStateGone(f"{state}/spec.json is gone: {exc}") from exc
-        spec = JobSpec.model_validate_json(saved)
+        try:
+            spec = JobSpec.model_validate_json(saved)
+        except ValueError as exc:
+            raise JobStateInvalid(
+                f"{state}/spec.json cannot be read by this worker (written by another fleetrun "
+                f"version, or damaged): {str(exc).splitlines()[0]}; upgrade the worker"
+            ) from exc
         work_dir = self._cache_dir / "jobs" / message.job_id
         work_dir.mkdir(parents=True, exist_ok=True)
         # Several workers on one machine share the cache: one of them fetches, the others wait.

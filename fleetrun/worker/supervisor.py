@@ -39,7 +39,9 @@ class WorkerSettings:
     """How one worker runs; built once in ``main()`` and passed down."""
 
     processes: int = 1
-    prefetch: int = 0  # 0: two per runner, so a runner never waits for the broker
+    # 0: eight per runner. Acks wait for the result's confirm, so the credit must cover a
+    # broker round trip; held batches that no runner starts cost no try (try markers).
+    prefetch: int = 0
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "fleetrun")
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     idle_runner_timeout: float = 300.0
@@ -49,7 +51,7 @@ class WorkerSettings:
 
     @property
     def effective_prefetch(self) -> int:
-        return self.prefetch or 2 * self.processes
+        return self.prefetch or 8 * self.processes
 
 
 class Supervisor:
@@ -169,7 +171,7 @@ class Supervisor:
         """The next batch that needs a runner, staged; None if none came within ``timeout``."""
         while True:
             own_job = slot.runner.job_id if slot.runner is not None else None
-            delivery = dispatcher.take(own_job, self._served_jobs, timeout)
+            delivery = dispatcher.take(own_job, self._served_jobs, timeout, self._stopping)
             if delivery is None:
                 return None
             try:
