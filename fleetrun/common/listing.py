@@ -23,17 +23,22 @@ _GLOB_CHARS = set("*?[")
 _FOLDER_MARKERS = ("is_directory", "hdi_isfolder")
 
 
-def _drain(loop: asyncio.AbstractEventLoop, agen: AsyncIterator[Any]) -> Iterator[Any]:
-    """Consume an async generator that runs on fsspec's I/O loop, from this thread."""
+def _drain(
+    loop: asyncio.AbstractEventLoop, agen: AsyncIterator[Any], chunk: int = 1000
+) -> Iterator[Any]:
+    """Consume an async generator that runs on fsspec's I/O loop, from this thread, up to
+    ``chunk`` items per hop between the threads (one hop per key cost more than the listing)."""
 
-    async def step() -> Any:
-        return await agen.__anext__()
+    async def step() -> list[Any]:
+        items: list[Any] = []
+        async for item in agen:
+            items.append(item)
+            if len(items) >= chunk:
+                break
+        return items
 
-    while True:
-        try:
-            yield asyncio.run_coroutine_threadsafe(step(), loop).result()
-        except StopAsyncIteration:
-            return
+    while items := asyncio.run_coroutine_threadsafe(step(), loop).result():
+        yield from items
 
 
 class InputFile(NamedTuple):

@@ -1,0 +1,1 @@
+"""fleetrun's benchmarks: ``python -m bench`` (``make bench``); see bench/README.md."""
