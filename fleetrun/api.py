@@ -15,10 +15,11 @@ from fleetrun.common.settings import default_cache_dir
 from fleetrun.common.spec import JobSpec, build_spec
 from fleetrun.common.status import StatusReply
 from fleetrun.coordinator.fleet import FleetView, StatusResponder
-from fleetrun.coordinator.job import JobRun, Prepared, prepare
+from fleetrun.coordinator.job import JobRun
 from fleetrun.coordinator.outputs import Summary
 from fleetrun.coordinator.planner import PlanReport, describe_plan
 from fleetrun.coordinator.progress import Progress
+from fleetrun.coordinator.state import Prepared, prepare
 from fleetrun.worker.supervisor import Supervisor, WorkerSettings
 
 

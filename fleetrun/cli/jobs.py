@@ -24,9 +24,9 @@ from fleetrun.common.logging import configure
 from fleetrun.common.spec import load_spec, parse_overrides
 from fleetrun.common.status import JobStatus, JobSubmission, StatusReply, StatusRequest
 from fleetrun.coordinator.fleet import ask
-from fleetrun.coordinator.job import prepare
 from fleetrun.coordinator.ledger import Counts
 from fleetrun.coordinator.progress import Progress
+from fleetrun.coordinator.state import prepare
 
 
 def add_commands(commands: Any) -> None:

@@ -22,9 +22,10 @@ from fleetrun.common.logging import get_logger
 from fleetrun.common.messages import Topology
 from fleetrun.common.status import JobStatus, JobSubmission, StatusReply, StatusRequest
 from fleetrun.coordinator.fleet import FleetView, StatusResponder
-from fleetrun.coordinator.job import JobRun, prepare_from_state
+from fleetrun.coordinator.job import JobRun
 from fleetrun.coordinator.ledger import Ledger
 from fleetrun.coordinator.outputs import Summary, make_summary, write_summary
+from fleetrun.coordinator.state import prepare_from_state
 
 KEEP_FINISHED = 200  # finished jobs remembered for `fleetrun status` and `fleetrun wait`
 

@@ -16,109 +16,35 @@ retry.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
-import queue as stdqueue
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from fleetrun.common.broker.base import Connection, Consumer, Delivery, TlsFiles
+from fleetrun.common.broker.base import Connection, Delivery, TlsFiles
+from fleetrun.common.broker.rabbitmq_consumer import ConsumingMixin, RabbitConsumer
+from fleetrun.common.broker.rabbitmq_setup import (
+    CONNECT_TIMEOUT,
+    QUORUM_ARGS,
+    describe,
+    parameters,
+    redact,
+)
 from fleetrun.common.errors import BrokerError, BrokerUnavailable, ConnectionLost, Unroutable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT = 15  # seconds; a hung or cut-off peer is noticed after 2-3 of these
-CONNECT_TIMEOUT = 15.0
-_QUORUM_ARGS = {
-    "x-queue-type": "quorum",
-    # Tries are counted by fleetrun (see Delivery.prior_returns); this limit is only the
-    # backstop that 4.x would otherwise set to 20 by default.
-    "x-delivery-limit": 1000,
-}
 
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _describe(error: BaseException) -> str:
-    """pika's connection errors often print as nothing; say what actually failed."""
-    for _ in range(5):  # AMQPConnectionError(WorkflowFailed([ConnectorError(exception)]))
-        inner = getattr(error, "exceptions", None) or [
-            a
-            for a in (*error.args, getattr(error, "exception", None))
-            if isinstance(a, BaseException)
-        ]
-        if not inner:
-            break
-        error = inner[-1]
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-def _parameters(url: str, name: str, tls: TlsFiles | None = None) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    if tls is not None and url.startswith("amqps://"):
-        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-        params.ssl_options = pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
-    if "heartbeat" not in (urlsplit(url).query or ""):
-        params.heartbeat = DEFAULT_HEARTBEAT
-    params.client_properties = {"connection_name": name}
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    return params
-
-
-class _RabbitConsumer(Consumer):
-    def __init__(self, owner: RabbitConnection, queue: str, prefetch: int) -> None:
-        self._owner = owner
-        self.queue = queue
-        self.prefetch = prefetch
-        self.inbox: stdqueue.Queue[Delivery | BaseException] = stdqueue.Queue()
-        self.channel: Channel | None = None
-        self.tag: str | None = None
-        self.outstanding: list[int] = []  # delivery tags received and not yet settled, in order
-        self.cancelled = False
-
-    def get(self, timeout: float | None = None) -> Delivery | None:
-        try:
-            item = self.inbox.get(timeout=timeout)
-        except stdqueue.Empty:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def ack(self, delivery: Delivery) -> None:
-        self._owner._settle(self, delivery, requeue=False)
-
-    def requeue(self, delivery: Delivery) -> None:
-        self._owner._settle(self, delivery, requeue=True)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._owner._call(functools.partial(self._owner._cancel_on_loop, self))
-
-
-class RabbitConnection(Connection):
+class RabbitConnection(ConsumingMixin, Connection):
     """A connection to RabbitMQ (or a cluster, tried in turn) with a reconnecting I/O thread."""
 
     def __init__(
@@ -140,8 +66,8 @@ class RabbitConnection(Connection):
         self._unconfirmed: dict[int, Future[None]] = {}
         self._returned: set[str] = set()
         self._declared: dict[str, Callable[[Channel, Callable[[Any], None]], None]] = {}
-        self._consumers: list[_RabbitConsumer] = []
-        self._to_settle: list[tuple[_RabbitConsumer, Delivery, bool]] = []
+        self._consumers: list[RabbitConsumer] = []
+        self._to_settle: list[tuple[RabbitConsumer, Delivery, bool]] = []
         self._settle_scheduled = False
         self._attempt = 0
         self._thread = threading.Thread(target=self._run, name=f"pika-{name}", daemon=True)
@@ -149,7 +75,7 @@ class RabbitConnection(Connection):
         if not self._ready.wait(CONNECT_TIMEOUT) or self._fatal is not None:
             self._closing = True
             reason = (
-                _describe(self._fatal)
+                describe(self._fatal)
                 if self._fatal
                 else f"no answer within {CONNECT_TIMEOUT:.0f} s"
             )
@@ -173,7 +99,7 @@ class RabbitConnection(Connection):
             self._attempt += 1
             try:
                 conn = pika.SelectConnection(
-                    _parameters(url, self._name, self._tls),
+                    parameters(url, self._name, self._tls),
                     on_open_callback=self._on_open,
                     on_open_error_callback=self._on_open_error,
                     on_close_callback=self._on_close,
@@ -357,7 +283,7 @@ class RabbitConnection(Connection):
             if exclusive:
                 channel.queue_declare(name, exclusive=True, auto_delete=True, callback=done)
             else:
-                channel.queue_declare(name, durable=True, arguments=_QUORUM_ARGS, callback=done)
+                channel.queue_declare(name, durable=True, arguments=QUORUM_ARGS, callback=done)
 
         self._declare(f"queue {name}", step)
 
@@ -443,128 +369,6 @@ class RabbitConnection(Connection):
 
         self._call(run)
         return future
-
-    # -- consuming -----------------------------------------------------------------------------
-
-    def consume(self, queue: str, prefetch: int) -> Consumer:
-        consumer = _RabbitConsumer(self, queue, max(1, prefetch))
-
-        def run(future: Future[Any]) -> None:
-            self._consumers.append(consumer)
-            self._open_consumer(consumer, future)
-
-        self._call_and_wait(run)
-        return consumer
-
-    def _open_consumer(self, consumer: _RabbitConsumer, started: Future[Any] | None = None) -> None:
-        conn = self._conn
-        if conn is None or not conn.is_open:
-            return
-
-        def on_channel(channel: Channel) -> None:
-            consumer.channel = channel
-            consumer.outstanding = []
-            if started is not None:
-                self._fail_on_close(channel, started, f"consuming {consumer.queue}")
-            channel.add_on_close_callback(functools.partial(self._on_consumer_closed, consumer))
-            channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(consumer, channel))
-
-            def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
-                if ch is not consumer.channel:
-                    return
-                consumer.outstanding.append(method.delivery_tag)
-                consumer.inbox.put(
-                    Delivery(body, props.headers or {}, method.redelivered, method.delivery_tag, ch)
-                )
-
-            def on_qos(_frame: Any) -> None:
-                consumer.tag = channel.basic_consume(
-                    consumer.queue,
-                    on_message,
-                    callback=lambda _f: started.set_result(None) if started else None,
-                )
-
-            channel.basic_qos(prefetch_count=consumer.prefetch, callback=on_qos)
-
-        conn.channel(on_open_callback=on_channel)
-
-    def _on_consumer_closed(
-        self, consumer: _RabbitConsumer, channel: Channel, reason: BaseException
-    ) -> None:
-        if channel is not consumer.channel:
-            return
-        consumer.channel = None
-        consumer.outstanding.clear()
-        code = getattr(reason, "reply_code", 0)
-        if code == 404:
-            consumer.inbox.put(BrokerError(f"queue {consumer.queue} is gone: {reason}"))
-            if consumer in self._consumers:
-                self._consumers.remove(consumer)  # nothing to consume after a reconnect
-            return
-        # A consumer timeout (406 on 3.10-4.2) or a queue error closes only the channel: the
-        # broker has requeued what it held. Open a fresh channel and carry on.
-        if (
-            not consumer.cancelled
-            and not self._closing
-            and self._conn is not None
-            and self._conn.is_open
-        ):
-            log.warning("consumer channel on %s closed (%s); reopening", consumer.queue, reason)
-            self._open_consumer(consumer)
-
-    def _on_broker_cancel(self, consumer: _RabbitConsumer, channel: Channel) -> None:
-        # 4.3+ cancels a timed-out consumer instead of closing its channel.
-        current = consumer.channel
-        if current is not None and current is channel and current.is_open:
-            current.close()
-
-    def _cancel_on_loop(self, consumer: _RabbitConsumer) -> None:
-        channel = consumer.channel
-        if channel is not None and channel.is_open and consumer.tag:
-            channel.basic_cancel(consumer.tag)
-
-    def _settle(self, consumer: _RabbitConsumer, delivery: Delivery, requeue: bool) -> None:
-        with self._lock:
-            self._to_settle.append((consumer, delivery, requeue))
-            if self._settle_scheduled:
-                return
-            self._settle_scheduled = True
-        self._call(self._flush_settlements)
-
-    def _flush_settlements(self) -> None:
-        with self._lock:
-            batch, self._to_settle = self._to_settle, []
-            self._settle_scheduled = False
-        by_consumer: dict[int, tuple[_RabbitConsumer, dict[int, bool]]] = {}
-        for consumer, delivery, requeue in batch:
-            if delivery.channel is not consumer.channel or consumer.channel is None:
-                continue  # from a lost channel: the broker has already requeued it
-            by_consumer.setdefault(id(consumer), (consumer, {}))[1][delivery.tag] = requeue
-        for consumer, settled in by_consumer.values():
-            channel = consumer.channel
-            if channel is None or not channel.is_open:
-                continue
-            # The longest run of acked tags at the head of the outstanding list goes as one
-            # multiple ack; the rest one by one.
-            head = 0
-            for tag in consumer.outstanding:
-                if settled.get(tag) is False:
-                    head += 1
-                else:
-                    break
-            if head:
-                channel.basic_ack(consumer.outstanding[head - 1], multiple=True)
-            acked_together = set(consumer.outstanding[:head])
-            held = set(consumer.outstanding)
-            for tag, requeue in settled.items():
-                if tag in acked_together or tag not in held:
-                    continue  # settled already: a second ack would make the broker close us
-                if requeue:
-                    channel.basic_nack(tag, requeue=True)
-                else:
-                    channel.basic_ack(tag)
-            done = set(settled)
-            consumer.outstanding = [t for t in consumer.outstanding if t not in done]
 
     # -- closing -------------------------------------------------------------------------------
 
