@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +52,26 @@ class LoadedJob:
 class JobCache:
     """Loads a job's spec, code and side inputs on its first batch; shared by the runner slots."""
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, keep_days: float = 7.0) -> None:
         self._cache_dir = cache_dir
         self._jobs: dict[str, LoadedJob] = {}
         self._lock = threading.Lock()
         self._job_locks: dict[str, threading.Lock] = {}
+        self._prune(keep_days)
+
+    def _prune(self, keep_days: float) -> None:
+        """Forget the cached code, side inputs and logs of jobs unused for ``keep_days``."""
+        cutoff = time.time() - keep_days * 86400
+        for folder in (self._cache_dir / "jobs").glob("*"):
+            with contextlib.suppress(OSError):
+                # Staging and logging touch these folders while a job runs.
+                recent = max(
+                    p.stat().st_mtime
+                    for p in (folder, folder / "inputs", folder / "logs")
+                    if p.exists()
+                )
+                if folder.is_dir() and recent < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def get(self, message: BatchMessage) -> LoadedJob:
         with self._lock:
