@@ -13,7 +13,7 @@ from fleetrun.common.broker.embedded import EmbeddedBroker
 from fleetrun.common.messages import Topology
 from fleetrun.common.settings import default_cache_dir
 from fleetrun.common.spec import JobSpec, build_spec
-from fleetrun.common.status import StatusReply
+from fleetrun.common.status import StatusReply, StatusRequest
 from fleetrun.coordinator.fleet import FleetView, StatusResponder
 from fleetrun.coordinator.job import JobRun
 from fleetrun.coordinator.outputs import Summary
@@ -57,15 +57,19 @@ def run(
         name = f"fleetrun-run-{socket.gethostname()}-{os.getpid()}"
         with connect(broker, name=name, tls=tls) as conn:
             job = JobRun(prepared, conn, progress, topology)
-            # `fleetrun status` sees a foreground job like one run by a coordinator daemon.
+            # `fleetrun status` and `cancel` see a foreground job like one run by a coordinator.
             fleet = FleetView(conn, topology)
-            responder = StatusResponder(
-                conn,
-                topology,
-                lambda _request: StatusReply(
-                    coordinator=name, jobs=[job.snapshot(fleet.workers(), name)]
-                ),
-            )
+
+            def answer(request: StatusRequest) -> StatusReply:
+                if request.action == "cancel":
+                    if request.job_id != job.job_id:
+                        return StatusReply(coordinator=name)
+                    job.cancel(f"cancelled by {request.requester or 'a user'}")
+                    message = f"job {job.job_id} is being cancelled: its queued batches are dropped"
+                    return StatusReply(coordinator=name, message=message)
+                return StatusReply(coordinator=name, jobs=[job.snapshot(fleet.workers(), name)])
+
+            responder = StatusResponder(conn, topology, answer)
             try:
                 return job.run()
             finally:
