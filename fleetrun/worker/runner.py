@@ -145,6 +145,9 @@ class Runner:
 def serve(conn: Connection) -> None:
     kind, setup = conn.recv()
     assert kind == "init"
+    # Started before its job was known: the job's environment and folder come with the setup.
+    os.environ.update(setup["env"])
+    os.chdir(setup["cwd"])
     configure(setup["logging_level"], json=True, log_file=setup["log_file"])
     runner = Runner(setup)
     for step, kind in ((runner.load, "script_invalid"), (runner.init, "init_failed")):

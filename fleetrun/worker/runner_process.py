@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from fleetrun.common.messages import BatchResult, ErrorInfo
@@ -43,19 +42,16 @@ def _signal_name(returncode: int) -> str:
 
 
 class RunnerProcess:
-    """One runner child, bound to one job for its whole life."""
+    """One runner child. Started ahead of need (the interpreter and fleetrun load while the
+    worker waits for a batch), then bound by :meth:`start` to one job for the rest of its life."""
 
-    def __init__(
-        self, job_id: str, setup: Mapping[str, Any], env: Mapping[str, str], cwd: Path
-    ) -> None:
-        self.job_id = job_id
-        self._setup = dict(setup)
+    def __init__(self) -> None:
+        self.job_id: str | None = None
+        self._setup: dict[str, Any] = {}
         parent, child = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fleetrun.worker.runner", str(child.fileno())],
             pass_fds=(child.fileno(),),
-            env=dict(env),
-            cwd=cwd,
             # Its own process group, so a timeout kills whatever user code started too.
             start_new_session=True,
         )
@@ -70,9 +66,13 @@ class RunnerProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def start(self, timeout: float) -> TryResult:
-        """Send the job setup and wait for ``init()`` to finish."""
-        self._conn.send(("init", self._setup))
+    def start(self, job_id: str, setup: Mapping[str, Any], timeout: float) -> TryResult:
+        """Bind the runner to a job (its setup holds the job's environment variables and
+        folder) and wait for ``init()`` to finish."""
+        self.job_id = job_id
+        self._setup = dict(setup)
+        with contextlib.suppress(OSError):  # it died while waiting; _wait reports how
+            self._conn.send(("init", self._setup))
         outcome = self._wait(timeout, batch=-1, attempt=0, items=[], what="init()")
         if outcome.kind == "ready":
             self.ready = True

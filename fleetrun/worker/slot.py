@@ -35,6 +35,9 @@ class RunnerSlot:
         self.runner: RunnerProcess | None = None
         self.last_used = time.monotonic()
         self.holding: HeldBatch | None = None  # the batch being run, for heartbeats
+        # A runner started ahead of need, so the first batch (or a replacement) does not wait
+        # for an interpreter to start and import fleetrun.
+        self.spare: RunnerProcess | None = RunnerProcess()
 
     def start_try(self, work: Work) -> TryResult | None:
         """Send the batch to a ready runner; a TryResult if the try failed before that."""
@@ -76,10 +79,11 @@ class RunnerSlot:
             runner = None
         if runner is not None:
             return None
-        runner = self.runner = RunnerProcess(
-            job.job_id, self._setup(job), self._env(job), job.code_dir
+        spare, self.spare = self.spare, None
+        runner = self.runner = spare if spare is not None and spare.alive() else RunnerProcess()
+        started = runner.start(
+            job.job_id, self._setup(job), timeout=init_timeout(job.spec.run_invocation_timeout)
         )
-        started = runner.start(timeout=init_timeout(job.spec.run_invocation_timeout))
         if started.kind == "ready":
             return None
         self.discard()
@@ -125,8 +129,8 @@ class RunnerSlot:
         }
 
     def _env(self, job: LoadedJob) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(job.spec.environment_variables)
+        """What the runner adds to its environment for this job."""
+        env = dict(job.spec.environment_variables)
         env["FLEETRUN_JOB_ID"] = job.job_id
         if self.gpu_count:
             # One GPU per runner, as ParallelRunStep does; a replacement keeps its slot's GPU.
@@ -143,6 +147,8 @@ class RunnerSlot:
         )
         return {
             "job_id": job.job_id,
+            "env": self._env(job),
+            "cwd": str(job.code_dir),
             "code_dir": str(job.code_dir),
             "entry_script": spec.entry_script,
             "arguments": job.arguments,
@@ -175,3 +181,10 @@ class RunnerSlot:
         if self.runner is not None:
             self.runner.kill()
             self.runner = None
+
+    def close(self) -> None:
+        """Stop the runner cleanly and the spare at once: the worker is going away."""
+        self.stop()
+        if self.spare is not None:
+            self.spare.kill()
+            self.spare = None

@@ -130,7 +130,7 @@ class Supervisor:
             self._handler.hand_back(batches, delivery)
         self._handler.wait_for_confirms()
         for slot in self._slots:
-            slot.stop()
+            slot.close()
         self.log.info("Worker stopped.")
         return 1 if self._failed else 0
 
@@ -146,6 +146,8 @@ class Supervisor:
         self._stopping.set()
         for slot in self._slots:
             slot.discard()
+            if slot.spare is not None:
+                slot.spare.kill()
 
     # -- threads -------------------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ class Supervisor:
             control.ack(delivery)
 
     def _served_jobs(self) -> set[str]:
-        return {s.runner.job_id for s in self._slots if s.runner is not None}
+        return {s.runner.job_id for s in self._slots if s.runner and s.runner.job_id}
 
     def _next_work(self, slot: RunnerSlot, dispatcher: Dispatcher, timeout: float) -> Work | None:
         """The next batch that needs a runner, staged; None if none came within ``timeout``."""
