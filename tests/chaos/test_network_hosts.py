@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pika
 import pytest
 from helpers import Harness, descendants, kill_pid, wait_for
+from services import unavailable
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -104,12 +105,6 @@ asyncio.run(main())
 FLEETRUN = (sys.executable, "-m", "fleetrun")
 
 _names = itertools.count()
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (under CI=true the network-namespace tests must run)")
-    pytest.skip(f"{reason} (under CI=true this is a failure)")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -40,6 +40,7 @@ import pika.exceptions
 import pytest
 import yaml
 from helpers import DEAD_BROKER, LINE_PER_FILE, Harness, delete_broker_objects, wait_for
+from services import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -84,13 +85,10 @@ def tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
-    message = (
+    unavailable(
         f"{name} is not installed (Debian package {PACKAGE_OF[name]}): `make tools` installs it "
         "under CI=true, `FLEETRUN_INSTALL_TOOLS=1 make tools` elsewhere"
     )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # -- systemd units, read the way systemd reads them -----------------------------------------------
