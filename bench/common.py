@@ -157,12 +157,48 @@ class FleetrunWorker:
         with open(log_file, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
+    @classmethod
+    def warmed(
+        cls,
+        broker: str,
+        namespace: str,
+        processes: int,
+        root: Path,
+        prefetch: int,
+        spec_for: Callable[[Path, Path], Any],
+        warm_inputs: int,
+    ) -> tuple[FleetrunWorker, str]:
+        """A worker that has run one small job (``spec_for(output, inputs)``) before any
+        timing; and that job's id, for the clean-up."""
+        import fleetrun
+
+        worker = cls(
+            broker,
+            namespace,
+            processes,
+            root / "worker-cache",
+            root / "logs" / "fleetrun-worker.log",
+            prefetch=prefetch,
+        )
+        warm_data = root / "warm"
+        make_inputs(warm_data, warm_inputs)
+        warm = fleetrun.run(
+            spec_for(root / "out" / "warm", warm_data), broker=broker, namespace=namespace
+        )
+        return worker, warm.job_id
+
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self, timeout: float = 60.0) -> int:
         return stop_process(self.process, timeout)
+
+    def stop_and_report(self) -> None:
+        """Stop (a drain); say so if the worker did not exit cleanly."""
+        code = self.stop()
+        if code != 0:
+            print(f"warning: fleetrun worker exited with {code}; see {self.log_file}")
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:

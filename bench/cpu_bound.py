@@ -104,29 +104,15 @@ class CpuBound:
 
     def start_worker(self) -> None:
         assert self.broker is not None
-        self.worker = FleetrunWorker(
-            self.broker,
-            self.namespace,
-            RUNNERS,
-            self.root / "worker-cache",
-            self.root / "logs" / "fleetrun-worker.log",
-            prefetch=self.prefetch,
+        self.worker, warm_job = FleetrunWorker.warmed(
+            self.broker, self.namespace, RUNNERS, self.root, self.prefetch, self.spec, 4
         )
-        warm_data = self.root / "warm"
-        make_inputs(warm_data, 4)
-        warm = fleetrun.run(
-            self.spec(self.root / "out" / "warm", warm_data),
-            broker=self.broker,
-            namespace=self.namespace,
-        )
-        self.job_ids.add(warm.job_id)
+        self.job_ids.add(warm_job)
 
     def stop_worker(self) -> None:
         if self.worker is None or self.broker is None:
             return
-        code = self.worker.stop()
-        if code != 0:
-            print(f"warning: fleetrun worker exited with {code}; see {self.worker.log_file}")
+        self.worker.stop_and_report()
         delete_namespace(self.broker, self.namespace, self.job_ids)
 
 

@@ -109,22 +109,10 @@ class Throughput:
         assert self.broker is not None
         from bench.celery_baseline.driver import CeleryBaseline
 
-        self.worker = FleetrunWorker(
-            self.broker,
-            self.namespace,
-            RUNNERS,
-            self.root / "worker-cache",
-            self.root / "logs" / "fleetrun-worker.log",
-            prefetch=self.prefetch,
+        self.worker, warm_job = FleetrunWorker.warmed(
+            self.broker, self.namespace, RUNNERS, self.root, self.prefetch, self.spec, 40
         )
-        warm_data = self.root / "warm"
-        make_inputs(warm_data, 40)
-        warm = fleetrun.run(
-            self.spec(self.root / "out" / "warm", warm_data),
-            broker=self.broker,
-            namespace=self.namespace,
-        )
-        self.job_ids.add(warm.job_id)
+        self.job_ids.add(warm_job)
         self.celery = CeleryBaseline(
             self.broker, f"bench-celery-{uuid.uuid4().hex[:8]}", self.root / "logs" / "celery.log"
         )
@@ -132,9 +120,7 @@ class Throughput:
 
     def stop_services(self) -> None:
         if self.worker is not None:
-            code = self.worker.stop()
-            if code != 0:
-                print(f"warning: fleetrun worker exited with {code}; see {self.worker.log_file}")
+            self.worker.stop_and_report()
         if self.celery is not None:
             self.celery.close()
         if self.broker is not None:
