@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -482,4 +483,27 @@ def assert_same_rows(actual: Any, expected: Any, *, check_dtype: bool = True) ->
         expected.reset_index(drop=True),
         check_dtype=check_dtype,
         check_exact=True,
+    )
+
+
+# -- the examples, run as their READMEs say ---------------------------------------------------
+
+
+def copy_example(examples_dir: Path, name: str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """``examples/<name>`` copied without data or outputs, and the environment to run it in."""
+    job_dir = tmp_path / name
+    shutil.copytree(
+        examples_dir / name,
+        job_dir,
+        ignore=shutil.ignore_patterns("data", "out", "labels.csv", "__pycache__"),
+    )
+    return job_dir, {**os.environ, "FLEETRUN_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def run_python(
+    *args: str, env: dict[str, str], timeout: float = 150
+) -> subprocess.CompletedProcess[str]:
+    """``python <args>`` with this interpreter, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout
     )

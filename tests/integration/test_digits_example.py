@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import copy_example, run_python
 
 
 @pytest.mark.timeout(180)
 def test_the_digits_example_scores_every_image_accurately(
     examples_dir: Path, tmp_path: Path
 ) -> None:
-    job_dir = tmp_path / "digits"
-    shutil.copytree(
-        examples_dir / "digits",
-        job_dir,
-        ignore=shutil.ignore_patterns("data", "out", "labels.csv", "__pycache__"),
+    job_dir, env = copy_example(examples_dir, "digits", tmp_path)
+    made = run_python(
+        str(job_dir / "make_data.py"), "--count", "120", "--out", str(job_dir / "data"), env=env
     )
-    env = {**os.environ, "FLEETRUN_CACHE_DIR": str(tmp_path / "cache")}
-    subprocess.run(
-        [
-            sys.executable,
-            str(job_dir / "make_data.py"),
-            "--count",
-            "120",
-            "--out",
-            str(job_dir / "data"),
-        ],
-        check=True,
-        env=env,
-    )
-    run = subprocess.run(
-        [sys.executable, "-m", "fleetrun", "run", str(job_dir / "job.yaml"), "--quiet"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=150,
-    )
+    assert made.returncode == 0, made.stderr
+    run = run_python("-m", "fleetrun", "run", str(job_dir / "job.yaml"), "--quiet", env=env)
     assert run.returncode == 0, run.stderr
 
     summary = json.loads((job_dir / "out" / "summary.json").read_text())
@@ -53,11 +30,6 @@ def test_the_digits_example_scores_every_image_accurately(
         p.name for p in (job_dir / "data").iterdir()
     )
 
-    check = subprocess.run(
-        [sys.executable, str(job_dir / "check_accuracy.py"), str(job_dir / "out")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    check = run_python(str(job_dir / "check_accuracy.py"), str(job_dir / "out"), env=env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "accuracy:" in check.stdout

@@ -3,46 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import copy_example, run_python
 
 
 @pytest.mark.timeout(180)
 def test_the_iris_example_scores_every_row_once_in_input_order(
     examples_dir: Path, tmp_path: Path
 ) -> None:
-    job_dir = tmp_path / "iris"
-    shutil.copytree(
-        examples_dir / "iris", job_dir, ignore=shutil.ignore_patterns("data", "out", "__pycache__")
-    )
-    env = {**os.environ, "FLEETRUN_CACHE_DIR": str(tmp_path / "cache")}
-    subprocess.run([sys.executable, str(job_dir / "make_data.py")], check=True, env=env)
+    job_dir, env = copy_example(examples_dir, "iris", tmp_path)
+    made = run_python(str(job_dir / "make_data.py"), env=env)
+    assert made.returncode == 0, made.stderr
     inputs = sorted((job_dir / "data").glob("*.csv"))
     assert len(inputs) == 3
 
-    plan = subprocess.run(
-        [sys.executable, "-m", "fleetrun", "plan", str(job_dir / "job.yaml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    plan = run_python("-m", "fleetrun", "plan", str(job_dir / "job.yaml"), env=env, timeout=60)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[0] == "3 input files in 6 mini-batches"
 
-    run = subprocess.run(
-        [sys.executable, "-m", "fleetrun", "run", str(job_dir / "job.yaml"), "--quiet"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=150,
-    )
+    run = run_python("-m", "fleetrun", "run", str(job_dir / "job.yaml"), "--quiet", env=env)
     assert run.returncode == 0, run.stderr
     summary = json.loads((job_dir / "out" / "summary.json").read_text())
     assert summary["status"] == "succeeded"
@@ -54,11 +36,6 @@ def test_the_iris_example_scores_every_row_once_in_input_order(
     assert list(predictions.columns) == ["id", "predicted_species", "probability"]
     assert predictions["id"].tolist() == truth["id"].tolist()
 
-    check = subprocess.run(
-        [sys.executable, str(job_dir / "check.py"), str(job_dir / "out")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    check = run_python(str(job_dir / "check.py"), str(job_dir / "out"), env=env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "accuracy:" in check.stdout
