@@ -127,34 +127,139 @@ def _csv_row(names: list[str]) -> bytes:
     return text.getvalue().encode()
 
 
+# A part with fewer rows is decoded and joined with its neighbours into one row group, so a job
+# of many small batches does not leave a file of thousands of tiny row groups.
+SMALL_PART_ROWS = 65_536
+
+
 def _write_parquet(
     bodies: Iterator[tuple[int, list[str], Iterator[bytes]]], out: IO[bytes]
 ) -> None:
+    """One Parquet file from the parts' Parquet bodies, schema from the first. A large part's
+    row groups are copied as they are (no decoding, no re-encoding); small parts, and parts
+    whose schema differs but can be cast to the first's, are decoded and re-encoded together."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer: Any = None
-    reference: Any = None
-    try:
-        for batch, _schema, chunks in bodies:
-            data = b"".join(chunks)
-            if not data:
-                continue
-            table = pq.read_table(io.BytesIO(data))
-            if writer is None:
-                reference = table.schema
-                writer = pq.ParquetWriter(out, reference)
-            elif not table.schema.equals(reference):
-                try:
-                    table = table.select(reference.names).cast(reference)
-                except (pa.ArrowInvalid, KeyError, ValueError) as exc:
-                    raise OutputSchemaError(
-                        f"batch {batch} returned a schema that does not fit the output file's "
-                        f"(from the first batch): {table.schema} vs {reference}: {exc}"
-                    ) from exc
-            writer.write_table(table)
-        if writer is None:  # no batch returned a row: still a valid (empty) Parquet file
-            pq.write_table(pa.table({}), out)
-    finally:
-        if writer is not None:
-            writer.close()
+    joined: _ParquetJoin | None = None
+    pending: list[Any] = []  # decoded small parts, not yet written
+
+    def flush() -> None:
+        if pending and joined is not None:
+            buffer = io.BytesIO()
+            pq.write_table(pa.concat_tables(pending), buffer)
+            joined.append(buffer.getvalue())
+            pending.clear()
+
+    for batch, _schema, chunks in bodies:
+        data = b"".join(chunks)
+        if not data:
+            continue
+        if joined is None:
+            joined = _ParquetJoin(out, data)
+        if joined.fits(data) and joined.rows_of(data) >= SMALL_PART_ROWS:
+            flush()
+            joined.append(data)
+            continue
+        table = pq.read_table(io.BytesIO(data))
+        if not table.schema.equals(joined.schema):
+            try:
+                table = table.select(joined.schema.names).cast(joined.schema)
+            except (pa.ArrowInvalid, KeyError, ValueError) as exc:
+                raise OutputSchemaError(
+                    f"batch {batch} returned a schema that does not fit the output file's "
+                    f"(from the first batch): {table.schema} vs {joined.schema}: {exc}"
+                ) from exc
+        pending.append(table)
+        if sum(t.num_rows for t in pending) >= SMALL_PART_ROWS:
+            flush()
+    if joined is None:  # no batch returned a row: still a valid (empty) Parquet file
+        pq.write_table(pa.table({}), out)
+        return
+    flush()
+    joined.close()
+
+
+class _ParquetJoin:
+    """Parquet files concatenated at the byte level. A Parquet file is ``PAR1``, its column
+    chunks, then a footer (Thrift ``FileMetaData``) holding the schema and, for every row
+    group, the absolute file offsets of its chunks; appending a file's chunks and shifting those
+    offsets by where they now sit gives one file holding every row group, in order."""
+
+    MAGIC = b"PAR1"
+
+    def __init__(self, out: IO[bytes], first: bytes) -> None:
+        """Start the file; ``first`` (a part) gives the schema and the footer's metadata."""
+        import pyarrow.parquet as pq
+
+        self.out = out
+        self.schema = pq.read_schema(io.BytesIO(first))
+        self.metadata = self._footer(first)
+        self._schema_bytes = self._schema_of(self.metadata)
+        self.row_groups: list[Any] = []
+        self.rows = 0
+        out.write(self.MAGIC)
+        self.offset = len(self.MAGIC)
+
+    @classmethod
+    def _footer(cls, data: bytes) -> Any:
+        from fastparquet import cencoding
+
+        if len(data) < 12 or data[:4] != cls.MAGIC or data[-4:] != cls.MAGIC:
+            raise OutputSchemaError("a batch's Parquet part is not a Parquet file")
+        length = int.from_bytes(data[-8:-4], "little")
+        return cencoding.from_buffer(data[-8 - length : -8], "FileMetaData")
+
+    @staticmethod
+    def _schema_of(metadata: Any) -> list[bytes]:
+        return [bytes(element.to_bytes()) for element in metadata.schema]
+
+    def rows_of(self, data: bytes) -> int:
+        rows: int = self._footer(data).num_rows
+        return rows
+
+    def fits(self, data: bytes) -> bool:
+        """Whether ``data``'s row groups can be copied as they are (the same Parquet schema)."""
+        return self._schema_of(self._footer(data)) == self._schema_bytes
+
+    def append(self, data: bytes) -> None:
+        metadata = self._footer(data)
+        body_end = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+        shift = self.offset - len(self.MAGIC)
+        for group in metadata.row_groups:
+            self._shift(group, shift)
+            if group.ordinal is not None:
+                group.ordinal = len(self.row_groups)
+            self.row_groups.append(group)
+            self.rows += group.num_rows
+        self.out.write(memoryview(data)[len(self.MAGIC) : body_end])
+        self.offset += body_end - len(self.MAGIC)
+
+    @staticmethod
+    def _shift(group: Any, shift: int) -> None:
+        if group.file_offset is not None:
+            group.file_offset += shift
+        for chunk in group.columns:
+            if chunk.file_offset:  # 0 from writers that leave this deprecated field unset
+                chunk.file_offset += shift
+            for name in ("column_index_offset", "offset_index_offset"):
+                if getattr(chunk, name) is not None:
+                    setattr(chunk, name, getattr(chunk, name) + shift)
+            meta = chunk.meta_data
+            for name in (
+                "data_page_offset",
+                "dictionary_page_offset",
+                "index_page_offset",
+                "bloom_filter_offset",
+            ):
+                if getattr(meta, name) is not None:
+                    setattr(meta, name, getattr(meta, name) + shift)
+
+    def close(self) -> None:
+        metadata = self.metadata
+        metadata.row_groups = self.row_groups
+        metadata.num_rows = self.rows
+        footer = bytes(metadata.to_bytes())
+        self.out.write(footer)
+        self.out.write(len(footer).to_bytes(4, "little"))
+        self.out.write(self.MAGIC)

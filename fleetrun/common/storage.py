@@ -209,30 +209,42 @@ def open_file(uri: str, mode: str = "rb", options: StorageOptions | None = None)
 
 
 @contextlib.contextmanager
-def atomic_writer(uri: str, options: StorageOptions | None = None) -> Iterator[IO[bytes]]:
+def atomic_writer(
+    uri: str, options: StorageOptions | None = None, *, temporary: str | None = None
+) -> Iterator[IO[bytes]]:
     """A binary file that appears at ``uri`` whole when the block ends, or not at all.
 
-    On failure the previous object at ``uri``, if any, is left as it was.
+    On failure the previous object at ``uri``, if any, is left as it was. The file grows at
+    ``temporary`` (a URI on the same filesystem or bucket; by default a unique name beside
+    ``uri``) and is moved into place at the end.
     """
     if is_local(uri):
         path = local_path(uri)
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        if temporary is None:
+            fd, temporary_path = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        else:
+            temporary_path = local_path(temporary)
+            os.makedirs(os.path.dirname(temporary_path) or ".", exist_ok=True)
+            fd = os.open(temporary_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
-            os.replace(temporary, path)
+            os.replace(temporary_path, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+                os.unlink(temporary_path)
             raise
         return
-    # Stream into a temporary object beside the target, then move it into place (a server-side
-    # copy): readers never see a half object, and a failure leaves the previous one alone.
+    # Stream into a temporary object, then move it into place (a server-side copy): readers
+    # never see a half object, and a failure leaves the previous one alone.
     fs, path = filesystem(uri, options)
     folder, name = posixpath.split(path)
-    temporary = posixpath.join(folder, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
+    if temporary is None:
+        temporary = posixpath.join(folder, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
+    else:
+        temporary = filesystem(temporary, options)[1]
     remote = call(uri, lambda: fs.open(temporary, "wb"), retry=False)
     try:
         yield remote

@@ -27,10 +27,10 @@ from fleetrun.common.messages import (
 from fleetrun.common.output_formats import OutputSchemaError, check_columns
 from fleetrun.common.status import InFlight, JobStatus, WorkerStatus
 from fleetrun.coordinator.outputs import (
+    OutputJoin,
     Status,
     Summary,
     make_summary,
-    write_output_file,
     write_reports,
     write_summary,
 )
@@ -77,6 +77,7 @@ class JobRun:
         self._last_progress = clock()
         self._last_notice = clock()
         self._started_wall = time.time()
+        self._join: OutputJoin | None = None  # the append_row file, joined as batches finish
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -90,9 +91,19 @@ class JobRun:
         self.results = conn.consume(topology.results(self.job_id), prefetch=4000)
         publisher = threading.Thread(target=self._publish_plan, name="publisher", daemon=True)
         publisher.start()
+        if self.spec.output_action == "append_row":
+            self._join = OutputJoin(
+                self.spec,
+                self.ledger,
+                lambda: self.planned_batches if self.listing_done else None,
+            )
         try:
             while not self.finished():
                 self.run_once()
+        except BaseException:
+            if self._join is not None:
+                self._join.abort()
+            raise
         finally:
             self._stop_publishing.set()
             publisher.join()
@@ -120,6 +131,8 @@ class JobRun:
             result = BatchResult.from_bytes(delivery.body)
             if result.job_id == self.job_id and self.ledger.add(result):
                 self._last_progress = self.clock()
+                if self._join is not None:
+                    self._join.nudge()
                 self._check_columns(result)
                 if result.error is not None and result.error.kind == "script_invalid":
                     # Every batch would fail the same way: stop now, not after all of them.
@@ -323,9 +336,11 @@ class JobRun:
                 f"; last error: {first.type}: {first.message}" if first else ""
             )
         # A job stopped early (aborted, cancelled, failed at once) writes no output file.
-        if not self.abort_reason and spec.output_action == "append_row":
+        if self._join is not None and self.abort_reason:
+            self._join.abort()
+        elif self._join is not None:
             try:
-                output = write_output_file(spec, self.ledger, self.planned_batches)
+                output = self._join.finish()
             except OutputSchemaError as exc:
                 status, reason = "failed", str(exc)
         summary = make_summary(

@@ -7,7 +7,8 @@ records, the ledger), so writing the outputs again after a crash gives the same 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -58,20 +59,78 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def write_output_file(spec: JobSpec, ledger: Ledger, total_batches: int) -> str:
-    """Stream every batch's rows, in batch order, into the append_row file."""
-    uri = spec.output_file_uri
+class _JoinStopped(Exception):
+    """The job stopped early: the output file is not written."""
 
-    def bodies() -> Iterator[tuple[int, list[str], Iterator[bytes]]]:
-        for index in range(total_batches):
-            result = ledger.results[index]
+
+class OutputJoin:
+    """The append_row file, joined while the job runs: a thread appends each batch's part as
+    soon as every batch before it has finished, so the file is ready moments after the last
+    batch rather than after a pass over every part at the end.
+
+    The file grows at ``<state>/output.partial`` (inside the job's own folder, where a rerun
+    after a crash overwrites it) and is moved into place by :meth:`finish`.
+    """
+
+    def __init__(
+        self, spec: JobSpec, ledger: Ledger, total_batches: Callable[[], int | None]
+    ) -> None:
+        self.spec = spec
+        self.uri = spec.output_file_uri
+        self._ledger = ledger
+        self._total_batches = total_batches  # None while the listing goes on
+        self._nudge = threading.Event()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="output-join", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Results arrived: look for the next part now rather than at the next poll."""
+        self._nudge.set()
+
+    def finish(self) -> str:
+        """Wait for the file (every batch has finished) and return its URI."""
+        self._nudge.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.uri
+
+    def abort(self) -> None:
+        """Stop joining and discard the partial file: the job writes no output."""
+        self._stopped = True
+        self._nudge.set()
+        self._thread.join()
+
+    def _write(self) -> None:
+        spec = self.spec
+        partial = storage.join(spec.state_uri, "output.partial")
+        try:
+            with storage.atomic_writer(self.uri, spec.storage_options, temporary=partial) as out:
+                write_joined(spec.append_row_format, self._bodies(), out)
+        except _JoinStopped:
+            pass
+        except BaseException as exc:
+            self._error = exc
+
+    def _bodies(self) -> Iterator[tuple[int, list[str], Iterator[bytes]]]:
+        index = 0
+        while True:
+            if self._stopped:
+                raise _JoinStopped
+            result = self._ledger.results.get(index)
+            if result is None:
+                total = self._total_batches()
+                if total is not None and index >= total:
+                    return
+                self._nudge.wait(1.0)
+                self._nudge.clear()
+                continue
             if result.status == "succeeded" and result.succeeded > 0:
-                part = part_uri(spec.state_uri, index)
-                yield index, result.columns, iter_part_body(part, spec.storage_options)
-
-    with storage.atomic_writer(uri, spec.storage_options) as out:
-        write_joined(spec.append_row_format, bodies(), out)
-    return uri
+                part = part_uri(self.spec.state_uri, index)
+                yield index, result.columns, iter_part_body(part, self.spec.storage_options)
+            index += 1
 
 
 def collect_errors(spec: JobSpec, ledger: Ledger) -> list[ErrorInfo]:
