@@ -132,7 +132,7 @@ class JobRun:
             if result.job_id == self.job_id and self.ledger.add(result):
                 self._last_progress = self.clock()
                 if self._join is not None:
-                    self._join.nudge()
+                    self._join.arrived(result.index)
                 self._check_columns(result)
                 if result.error is not None and result.error.kind == "script_invalid":
                     # Every batch would fail the same way: stop now, not after all of them.

@@ -80,14 +80,17 @@ class OutputJoin:
         self._ledger = ledger
         self._total_batches = total_batches  # None while the listing goes on
         self._nudge = threading.Event()
+        self._awaiting = -1  # the batch whose result the join waits for
         self._stopped = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="output-join", daemon=True)
         self._thread.start()
 
-    def nudge(self) -> None:
-        """Results arrived: look for the next part now rather than at the next poll."""
-        self._nudge.set()
+    def arrived(self, index: int) -> None:
+        """Batch ``index`` has its result in the ledger: wake the join if it waits for it
+        (only then, so a job of many small batches does not wake a thread per batch)."""
+        if index == self._awaiting:
+            self._nudge.set()
 
     def finish(self) -> str:
         """Wait for the file (every batch has finished) and return its URI."""
@@ -119,6 +122,9 @@ class OutputJoin:
         while True:
             if self._stopped:
                 raise _JoinStopped
+            # Say which batch is awaited before looking for it: a result added after the look
+            # then sees it and wakes the join.
+            self._awaiting = index
             result = self._ledger.results.get(index)
             if result is None:
                 total = self._total_batches()

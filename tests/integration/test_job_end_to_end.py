@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import LINE_PER_FILE, Harness
+from helpers import LINE_PER_FILE, Harness, wait_for
 
 import fleetrun
 from fleetrun.coordinator.progress import Progress
@@ -191,3 +191,42 @@ def test_summary_only_writes_no_output_file_but_counts_the_items(harness: Harnes
     assert [p.name for p in own] == [f"{i:04d}.txt" for i in range(5)]
     names = [line for p in own for line in p.read_text().splitlines()]
     assert names == [p.name for p in harness.inputs]
+
+
+HELD_BACK = """\
+import os
+import time
+
+
+def run(mini_batch):
+    # The last batches wait for the test's go-ahead, so it can look at the job mid-way.
+    if any(os.path.basename(p) >= "00012.txt" for p in mini_batch):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.environ["GO"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return [f"{os.path.basename(p)} {open(p).read()}" for p in mini_batch]
+"""
+
+
+def test_the_output_file_is_joined_while_the_job_runs(harness: Harness) -> None:
+    harness.make_inputs(20)
+    go = harness.root / "go"
+    harness.write_job(
+        HELD_BACK,
+        mini_batch_size=4,
+        process_count_per_node=2,
+        environment_variables={"GO": str(go)},
+    )
+    partial = harness.out_dir / "_fleetrun" / "output.partial"
+    run = harness.start_run()
+    try:
+        # Batches 0-2 are done while 3 and 4 wait: the file is being joined, not yet in place.
+        wait_for(lambda: len(harness.parts()) >= 3, 60, "the first three parts")
+        wait_for(partial.exists, 30, "the output being joined")
+        assert not (harness.out_dir / "parallel_run_step.txt").exists()
+    finally:
+        go.touch()
+    assert run.wait(60) == 0, Harness.log_of(run)
+
+    assert harness.output_lines() == harness.expected_lines()
+    assert not partial.exists()

@@ -361,6 +361,26 @@ def test_an_atomic_writer_that_fails_leaves_no_object(store: Store) -> None:
     assert storage.list_names(store.uri("out")) == []
 
 
+def test_an_atomic_writer_can_grow_the_file_at_a_named_temporary(store: Store) -> None:
+    # How the output file is joined during a job: in the job's state folder, where a rerun
+    # after a crash overwrites what the crashed run left.
+    uri = store.uri("out", "rows.txt")
+    temporary = store.uri("out", "_state", "output.partial")
+    storage.write_bytes(temporary, b"left by a crashed run")
+
+    with storage.atomic_writer(uri, temporary=temporary) as handle:
+        handle.write(b"row 1\n")
+        assert storage.exists(uri) is False
+
+    assert storage.read_bytes(uri) == b"row 1\n"
+    assert storage.exists(temporary) is False
+    with pytest.raises(RuntimeError), storage.atomic_writer(uri, temporary=temporary) as handle:
+        handle.write(b"half")
+        raise RuntimeError("the job was aborted")
+    assert storage.read_bytes(uri) == b"row 1\n"
+    assert storage.exists(temporary) is False
+
+
 @pytest.mark.parametrize("store", ["azure", "s3"], indirect=True)
 def test_writing_into_a_missing_bucket_or_container_says_so(store: Store) -> None:
     protocol = store.root.split("://")[0]
