@@ -7,6 +7,7 @@ record that the batch finished: a result message is only the fast signal of it.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -16,6 +17,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetrun.common.slices import TableSlice
+
+
+@functools.cache
+def _hostname() -> str:
+    """Asked once per process: every result and error record names its host."""
+    return socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ class ErrorInfo(BaseModel):
     message: str
     traceback: str = ""
     rows: int | None = None  # tabular: the rows of the batch, when they were read
-    host: str = Field(default_factory=socket.gethostname)
+    host: str = Field(default_factory=_hostname)
     pid: int = Field(default_factory=os.getpid)
     time: float = Field(default_factory=time.time)
 
@@ -119,7 +126,7 @@ class BatchResult(_Message):
     failed_items: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None
     columns: list[str] = Field(default_factory=list)  # typed output: name:dtype per column
-    host: str = Field(default_factory=socket.gethostname)
+    host: str = Field(default_factory=_hostname)
     pid: int = Field(default_factory=os.getpid)
 
 
