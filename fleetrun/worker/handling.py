@@ -34,15 +34,12 @@ from fleetrun.worker.jobs import (
 )
 from fleetrun.worker.runner_process import TryResult
 from fleetrun.worker.staging import StagedBatch, stage
+from fleetrun.worker.try_records import TryRecords
 from fleetrun.worker.work import Work
 
 
 def error_record_uri(state_uri: str, index: int, attempt: int) -> str:
     return storage.join(state_uri, "errors", f"{index:09d}-{attempt:03d}.json")
-
-
-def try_marker_uri(state_uri: str, index: int, attempt: int) -> str:
-    return storage.join(state_uri, "tries", f"{index:09d}-{attempt:03d}")
 
 
 class BatchHandler:
@@ -56,6 +53,7 @@ class BatchHandler:
         self.name = name
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
+        self.tries = TryRecords()
 
     # -- before a try --------------------------------------------------------------------------
 
@@ -84,11 +82,7 @@ class BatchHandler:
         if self.jobs.is_stopped(job, message.run_id):
             consumer.ack(delivery)
             return None
-        options = job.spec.storage_options
-        part = part_uri(job.state_uri, message.index)
-        if storage.exists(part, options):
-            # Finished before (by this or another worker): announce it again, run nothing.
-            self.publish_result(consumer, delivery, message, read_part_header(part, options))
+        if self._announce_if_finished(consumer, delivery, message, job):
             return None
         attempt = self._tries_spent(job, message, delivery.prior_returns())
         work = Work(consumer, delivery, message, job, attempt)
@@ -114,17 +108,37 @@ class BatchHandler:
         draining worker held without starting it costs no try, whatever the broker counted."""
         attempt = message.attempt
         options = job.spec.storage_options
-        while returns > 0 and storage.exists(
-            try_marker_uri(job.state_uri, message.index, attempt), options
-        ):
+        while returns > 0 and self.tries.started(job.state_uri, message.index, attempt, options):
             attempt += 1
             returns -= 1
         return attempt
 
-    def mark_started(self, work: Work) -> None:
-        """Record, before the runner gets it, that this try started (see _tries_spent)."""
-        uri = try_marker_uri(work.job.state_uri, work.index, work.attempt)
-        storage.touch(uri, work.job.spec.storage_options)
+    def _announce_if_finished(
+        self, consumer: Consumer, delivery: Delivery, message: BatchMessage, job: LoadedJob
+    ) -> bool:
+        """A batch finished before (by this or another worker) is announced again, not run."""
+        options = job.spec.storage_options
+        part = part_uri(job.state_uri, message.index)
+        if not storage.exists(part, options):
+            return False
+        self.publish_result(consumer, delivery, message, read_part_header(part, options))
+        return True
+
+    def start(self, work: Work) -> bool:
+        """Just before the runner gets the batch: False if another worker finished it while it
+        waited here (it is announced instead); else the try is recorded as started."""
+        if work.staging_error is not None:
+            return True  # the try fails without reaching a runner
+        if self._announce_if_finished(work.consumer, work.delivery, work.message, work.job):
+            return False
+        self.tries.mark(
+            work.job.state_uri,
+            work.message.run_id,
+            work.index,
+            work.attempt,
+            work.job.spec.storage_options,
+        )
+        return True
 
     def _fail_unreadable(
         self, consumer: Consumer, delivery: Delivery, message: BatchMessage, reason: str

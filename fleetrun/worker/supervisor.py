@@ -131,6 +131,7 @@ class Supervisor:
         self._handler.wait_for_confirms()
         for slot in self._slots:
             slot.close()
+        self._handler.tries.close()
         self.log.info("Worker stopped.")
         return 1 if self._failed else 0
 
@@ -219,8 +220,8 @@ class Supervisor:
                 job_id=work.job.job_id, batch=work.index, attempt=work.attempt, since=time.time()
             )
             try:
-                if work.staging_error is None:
-                    self._handler.mark_started(work)
+                if not self._handler.start(work):
+                    continue
                 outcome = slot.start_try(work)
                 if outcome is None:
                     # Stage the next batch while run() works on this one.
