@@ -14,6 +14,7 @@ chains (``AZURE_STORAGE_CONNECTION_STRING``, ``AWS_*``, managed identities, inst
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import tempfile
@@ -291,6 +292,10 @@ def write_bytes(
     path = local_path(uri)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
+    if exclusive:
+        linked = _link_new_file(folder, path, data)
+        if linked is not None:
+            return linked
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as remote:
@@ -308,6 +313,35 @@ def write_bytes(
         if temporary:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
+
+
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_PROC_FDS = os.path.isdir("/proc/self/fd")
+
+
+def _link_new_file(folder: str, path: str, data: bytes) -> bool | None:
+    """Write ``data`` at ``path`` unless a file is there (then False), by linking an unnamed
+    file (Linux ``O_TMPFILE``) into place: about half the kernel time of a named temporary
+    file linked and unlinked. None where the system or the filesystem cannot do it."""
+    if not (_O_TMPFILE and _PROC_FDS):
+        return None
+    try:
+        fd = os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None  # a filesystem (or kernel) without O_TMPFILE
+        raise
+    try:
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+        # linkat(2) with AT_SYMLINK_FOLLOW (which os.link uses once a dir fd is given): it fails
+        # if the name exists, so the first writer wins.
+        os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+    except FileExistsError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def touch(uri: str, options: StorageOptions | None = None) -> None:
