@@ -172,9 +172,8 @@ class RunnerProcess:
                     self._conn.recv()
             except (OSError, EOFError):
                 pass
-        deadline = time.monotonic() + grace
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(grace)
         self.kill()
 
     def kill(self) -> None:

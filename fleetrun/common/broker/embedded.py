@@ -101,6 +101,9 @@ class _EmbeddedConsumer(Consumer):
 
     def get(self, timeout: float | None = None) -> Delivery | None:
         try:
+            if not self.active:
+                # Cancelled: nothing more can arrive, so there is nothing to wait for.
+                return self._inbox.get_nowait()
             return self._inbox.get(timeout=timeout)
         except stdqueue.Empty:
             return None
