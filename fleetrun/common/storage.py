@@ -18,6 +18,7 @@ import errno
 import os
 import posixpath
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -317,20 +318,46 @@ def write_bytes(
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _PROC_FDS = os.path.isdir("/proc/self/fd")
+# Unnamed files opened ahead of need, by folder (see prepare_new_file); one per thread.
+_spare_files = threading.local()
 
 
-def _link_new_file(folder: str, path: str, data: bytes) -> bool | None:
-    """Write ``data`` at ``path`` unless a file is there (then False), by linking an unnamed
-    file (Linux ``O_TMPFILE``) into place: about half the kernel time of a named temporary
-    file linked and unlinked. None where the system or the filesystem cannot do it."""
+def _open_unnamed(folder: str) -> int | None:
+    """An unnamed file in ``folder`` (Linux ``O_TMPFILE``); None where the system or the
+    filesystem cannot make one."""
     if not (_O_TMPFILE and _PROC_FDS):
         return None
     try:
-        fd = os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
+        return os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return None  # a filesystem (or kernel) without O_TMPFILE
         raise
+
+
+def prepare_new_file(uri: str) -> None:
+    """Open, ahead of need, the file that the next exclusive write of a file beside ``uri``
+    will fill. Allocating a file is the dearest part of writing a small one on a busy ext4
+    (up to ~0.8 ms of kernel time here), so a runner does it while it waits for its next
+    batch rather than after the batch. Nothing for object stores."""
+    if not is_local(uri):
+        return
+    folder = os.path.dirname(local_path(uri)) or "."
+    spare: dict[str, int] = getattr(_spare_files, "by_folder", {})
+    _spare_files.by_folder = spare
+    if folder not in spare and (fd := _open_unnamed(folder)) is not None:
+        spare[folder] = fd
+
+
+def _link_new_file(folder: str, path: str, data: bytes) -> bool | None:
+    """Write ``data`` at ``path`` unless a file is there (then False), by linking an unnamed
+    file into place: about half the kernel time of a named temporary file linked and
+    unlinked. None where the system or the filesystem cannot do it."""
+    spare: dict[str, int] = getattr(_spare_files, "by_folder", {})
+    prepared = spare.pop(folder, None)
+    fd = prepared if prepared is not None else _open_unnamed(folder)
+    if fd is None:
+        return None
     try:
         with open(fd, "wb", closefd=False) as handle:
             handle.write(data)
@@ -339,6 +366,11 @@ def _link_new_file(folder: str, path: str, data: bytes) -> bool | None:
         os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
     except FileExistsError:
         return False
+    except FileNotFoundError:
+        if prepared is None:
+            raise
+        # The folder was removed and made again since the file was prepared: a fresh one.
+        return _link_new_file(folder, path, data)
     finally:
         os.close(fd)
     return True

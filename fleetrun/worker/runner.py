@@ -181,6 +181,7 @@ def serve(conn: Connection) -> None:
             conn.send(("failed", info.model_dump()))
             continue
         conn.send(("done", header.model_dump_json()))
+        storage.prepare_new_file(task["part_uri"])  # while the next batch is on its way
 
 
 def main() -> None:

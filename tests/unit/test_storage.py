@@ -6,6 +6,7 @@ through the helpers (no temporary files, no hard links), with no service to run.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +148,22 @@ def test_a_finished_atomic_write_replaces_the_content(root: str) -> None:
         handle.write(b"output\n")
     assert storage.read_bytes(uri) == b"new output\n"
     assert storage.list_names(storage.join(root, "out")) == ["predictions.txt"]
+
+
+def test_an_exclusive_write_prepared_ahead_survives_its_folder_being_made_again(
+    tmp_path: Path,
+) -> None:
+    # A runner prepares the file of its next part while it waits; if the state folder is
+    # removed and made again meanwhile, the part is still written.
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    storage.prepare_new_file(str(folder / "000000001.part"))
+    shutil.rmtree(folder)
+    folder.mkdir()
+
+    assert storage.write_bytes(str(folder / "000000001.part"), b"one", exclusive=True)
+    storage.prepare_new_file(str(folder / "000000002.part"))
+    assert storage.write_bytes(str(folder / "000000002.part"), b"two", exclusive=True)
+    assert not storage.write_bytes(str(folder / "000000002.part"), b"late", exclusive=True)
+    assert (folder / "000000001.part").read_bytes() == b"one"
+    assert (folder / "000000002.part").read_bytes() == b"two"
