@@ -37,6 +37,8 @@ from fleetrun.worker.staging import StagedBatch, stage
 from fleetrun.worker.try_records import TryRecords
 from fleetrun.worker.work import Work
 
+RECHECK_AFTER_S = 1.0
+
 
 def error_record_uri(state_uri: str, index: int, attempt: int) -> str:
     return storage.join(state_uri, "errors", f"{index:09d}-{attempt:03d}.json")
@@ -129,7 +131,12 @@ class BatchHandler:
         waited here (it is announced instead); else the try is recorded as started."""
         if work.staging_error is not None:
             return True  # the try fails without reaching a runner
-        if self._announce_if_finished(work.consumer, work.delivery, work.message, work.job):
+        # Triage looked for the part; look again only if the batch waited here a while (a
+        # worker cut off from the broker, say), not for every batch staged a moment ago.
+        waited = time.monotonic() - work.triaged_at > RECHECK_AFTER_S
+        if waited and self._announce_if_finished(
+            work.consumer, work.delivery, work.message, work.job
+        ):
             return False
         self.tries.mark(
             work.job.state_uri,

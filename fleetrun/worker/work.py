@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from fleetrun.common.broker import Consumer, Delivery
 from fleetrun.common.messages import BatchMessage, ErrorInfo
@@ -19,6 +20,7 @@ class Work:
     attempt: int
     staged: StagedBatch | None = None
     staging_error: ErrorInfo | None = None
+    triaged_at: float = field(default_factory=time.monotonic)  # when its part was looked for
 
     @property
     def index(self) -> int:
