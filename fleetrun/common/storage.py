@@ -371,6 +371,13 @@ def _link_new_file(folder: str, path: str, data: bytes) -> bool | None:
             raise
         # The folder was removed and made again since the file was prepared: a fresh one.
         return _link_new_file(folder, path, data)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
+            raise
+        # linkat through /proc refused (a restricted /proc, say): named temporaries from now on.
+        global _O_TMPFILE
+        _O_TMPFILE = 0
+        return None
     finally:
         os.close(fd)
     return True

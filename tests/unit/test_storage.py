@@ -6,6 +6,7 @@ through the helpers (no temporary files, no hard links), with no service to run.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -167,3 +168,24 @@ def test_an_exclusive_write_prepared_ahead_survives_its_folder_being_made_again(
     assert not storage.write_bytes(str(folder / "000000002.part"), b"late", exclusive=True)
     assert (folder / "000000001.part").read_bytes() == b"one"
     assert (folder / "000000002.part").read_bytes() == b"two"
+
+
+def test_an_exclusive_write_falls_back_to_a_named_temporary_where_linkat_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restricted /proc (some containers) refuses to link an unnamed file into place.
+    real_link = os.link
+
+    def refusing_link(src: str, dst: str, **kwargs: object) -> None:
+        if str(src).startswith("/proc/"):
+            raise PermissionError(1, "Operation not permitted")
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "_O_TMPFILE", storage._O_TMPFILE)  # restored afterwards
+    monkeypatch.setattr(os, "link", refusing_link)
+    part = tmp_path / "parts" / "000000001.part"
+
+    assert storage.write_bytes(str(part), b"one", exclusive=True)
+    assert not storage.write_bytes(str(part), b"late", exclusive=True)
+    assert part.read_bytes() == b"one"
+    assert sorted(p.name for p in part.parent.iterdir()) == ["000000001.part"]
