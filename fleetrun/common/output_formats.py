@@ -148,18 +148,20 @@ def _write_parquet(
         if pending and joined is not None:
             buffer = io.BytesIO()
             pq.write_table(pa.concat_tables(pending), buffer)
-            joined.append(buffer.getvalue())
+            data = buffer.getvalue()
+            joined.append(data, _footer(data))
             pending.clear()
 
     for batch, _schema, chunks in bodies:
         data = b"".join(chunks)
         if not data:
             continue
+        metadata = _footer(data)
         if joined is None:
-            joined = _ParquetJoin(out, data)
-        if joined.fits(data) and joined.rows_of(data) >= SMALL_PART_ROWS:
+            joined = _ParquetJoin(out, data, metadata)
+        if joined.fits(metadata) and metadata.num_rows >= SMALL_PART_ROWS:
             flush()
-            joined.append(data)
+            joined.append(data, metadata)
             continue
         table = pq.read_table(io.BytesIO(data))
         if not table.schema.equals(joined.schema):
@@ -180,60 +182,62 @@ def _write_parquet(
     joined.close()
 
 
+_MAGIC = b"PAR1"
+
+
+def _footer_length(data: bytes) -> int:
+    return int.from_bytes(data[-8:-4], "little")
+
+
+def _footer(data: bytes) -> Any:
+    """A Parquet file's footer (Thrift ``FileMetaData``), as fastparquet's codec reads it."""
+    from fastparquet import cencoding
+
+    if len(data) < 12 or data[:4] != _MAGIC or data[-4:] != _MAGIC:
+        raise OutputSchemaError("a batch's Parquet part is not a Parquet file")
+    return cencoding.from_buffer(data[-8 - _footer_length(data) : -8], "FileMetaData")
+
+
+def _schema_of(metadata: Any) -> list[bytes]:
+    return [bytes(element.to_bytes()) for element in metadata.schema]
+
+
 class _ParquetJoin:
     """Parquet files concatenated at the byte level. A Parquet file is ``PAR1``, its column
     chunks, then a footer (Thrift ``FileMetaData``) holding the schema and, for every row
     group, the absolute file offsets of its chunks; appending a file's chunks and shifting those
     offsets by where they now sit gives one file holding every row group, in order."""
 
-    MAGIC = b"PAR1"
-
-    def __init__(self, out: IO[bytes], first: bytes) -> None:
-        """Start the file; ``first`` (a part) gives the schema and the footer's metadata."""
+    def __init__(self, out: IO[bytes], first: bytes, metadata: Any) -> None:
+        """Start the file; ``first`` (a part, whose footer is ``metadata``) gives the schema
+        and the footer's template. Its row groups are appended like any part's."""
         import pyarrow.parquet as pq
 
         self.out = out
         self.schema = pq.read_schema(io.BytesIO(first))
-        self.metadata = self._footer(first)
-        self._schema_bytes = self._schema_of(self.metadata)
+        self.metadata = metadata  # the template of the file's footer (see close())
+        self._schema_bytes = _schema_of(metadata)
         self.row_groups: list[Any] = []
         self.rows = 0
-        out.write(self.MAGIC)
-        self.offset = len(self.MAGIC)
+        out.write(_MAGIC)
+        self.offset = len(_MAGIC)
 
-    @classmethod
-    def _footer(cls, data: bytes) -> Any:
-        from fastparquet import cencoding
+    def fits(self, metadata: Any) -> bool:
+        """Whether a part with this footer can be copied as it is (the same Parquet schema)."""
+        return _schema_of(metadata) == self._schema_bytes
 
-        if len(data) < 12 or data[:4] != cls.MAGIC or data[-4:] != cls.MAGIC:
-            raise OutputSchemaError("a batch's Parquet part is not a Parquet file")
-        length = int.from_bytes(data[-8:-4], "little")
-        return cencoding.from_buffer(data[-8 - length : -8], "FileMetaData")
-
-    @staticmethod
-    def _schema_of(metadata: Any) -> list[bytes]:
-        return [bytes(element.to_bytes()) for element in metadata.schema]
-
-    def rows_of(self, data: bytes) -> int:
-        rows: int = self._footer(data).num_rows
-        return rows
-
-    def fits(self, data: bytes) -> bool:
-        """Whether ``data``'s row groups can be copied as they are (the same Parquet schema)."""
-        return self._schema_of(self._footer(data)) == self._schema_bytes
-
-    def append(self, data: bytes) -> None:
-        metadata = self._footer(data)
-        body_end = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-        shift = self.offset - len(self.MAGIC)
+    def append(self, data: bytes, metadata: Any) -> None:
+        """Copy the part ``data`` (footer ``metadata``) behind what is written so far."""
+        body_end = len(data) - 8 - _footer_length(data)
+        shift = self.offset - len(_MAGIC)
         for group in metadata.row_groups:
             self._shift(group, shift)
             if group.ordinal is not None:
                 group.ordinal = len(self.row_groups)
             self.row_groups.append(group)
             self.rows += group.num_rows
-        self.out.write(memoryview(data)[len(self.MAGIC) : body_end])
-        self.offset += body_end - len(self.MAGIC)
+        self.out.write(memoryview(data)[len(_MAGIC) : body_end])
+        self.offset += body_end - len(_MAGIC)
 
     @staticmethod
     def _shift(group: Any, shift: int) -> None:
@@ -262,4 +266,4 @@ class _ParquetJoin:
         footer = bytes(metadata.to_bytes())
         self.out.write(footer)
         self.out.write(len(footer).to_bytes(4, "little"))
-        self.out.write(self.MAGIC)
+        self.out.write(_MAGIC)

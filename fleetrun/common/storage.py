@@ -1,8 +1,8 @@
 """Storage access: every read, write and listing of fleetrun goes through here, on fsspec.
 
-Two things fsspec does not promise are added here. Atomic writes on a local disk (write to a
-temporary name, then rename, or hard-link for first-writer-wins); object stores (S3, Azure
-Blob, GCS) make each object whole-or-absent by themselves. And errors that tell a person what
+Two things fsspec does not promise are added here. Atomic writes on a local disk
+(:mod:`fleetrun.common.local_files`); object stores (S3, Azure Blob, GCS) make each object
+whole-or-absent by themselves. And errors that tell a person what
 to do: a third-party exception is retried when it is transient (a timeout, a 5xx, throttling)
 and otherwise translated into a :class:`StorageError` naming the URI and the likely fix.
 ``FileNotFoundError`` is kept as it is, since a missing object is often an expected outcome.
@@ -14,17 +14,15 @@ chains (``AZURE_STORAGE_CONNECTION_STRING``, ``AWS_*``, managed identities, inst
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import posixpath
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from fleetrun.common import local_files
 from fleetrun.common.errors import StorageError
 
 StorageOptions = Mapping[str, Mapping[str, Any]]
@@ -223,23 +221,10 @@ def atomic_writer(
     ``uri``) and is moved into place at the end.
     """
     if is_local(uri):
-        path = local_path(uri)
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        if temporary is None:
-            fd, temporary_path = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        else:
-            temporary_path = local_path(temporary)
-            os.makedirs(os.path.dirname(temporary_path) or ".", exist_ok=True)
-            fd = os.open(temporary_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-            os.replace(temporary_path, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary_path)
-            raise
+        with local_files.atomic_file(
+            local_path(uri), None if temporary is None else local_path(temporary)
+        ) as handle:
+            yield handle
         return
     # Stream into a temporary object, then move it into place (a server-side copy): readers
     # never see a half object, and a failure leaves the previous one alone.
@@ -290,97 +275,17 @@ def write_bytes(
                 f"{uri}: the container or bucket does not exist ({exc}); create it, or fix the URI"
             ) from exc
         return True
-    path = local_path(uri)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
     if exclusive:
-        linked = _link_new_file(folder, path, data)
-        if linked is not None:
-            return linked
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as remote:
-            remote.write(data)
-        if exclusive:
-            try:
-                os.link(temporary, path)  # fails if the name exists: the first writer wins
-            except FileExistsError:
-                return False
-            return True
-        os.replace(temporary, path)
-        temporary = ""
-        return True
-    finally:
-        if temporary:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-
-
-_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
-_PROC_FDS = os.path.isdir("/proc/self/fd")
-# Unnamed files opened ahead of need, by folder (see prepare_new_file); one per thread.
-_spare_files = threading.local()
-
-
-def _open_unnamed(folder: str) -> int | None:
-    """An unnamed file in ``folder`` (Linux ``O_TMPFILE``); None where the system or the
-    filesystem cannot make one."""
-    if not (_O_TMPFILE and _PROC_FDS):
-        return None
-    try:
-        return os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            return None  # a filesystem (or kernel) without O_TMPFILE
-        raise
+        return local_files.write_new(local_path(uri), data)
+    local_files.write_whole(local_path(uri), data)
+    return True
 
 
 def prepare_new_file(uri: str) -> None:
-    """Open, ahead of need, the file that the next exclusive write of a file beside ``uri``
-    will fill. Allocating a file is the dearest part of writing a small one on a busy ext4
-    (up to ~0.8 ms of kernel time here), so a runner does it while it waits for its next
-    batch rather than after the batch. Nothing for object stores."""
-    if not is_local(uri):
-        return
-    folder = os.path.dirname(local_path(uri)) or "."
-    spare: dict[str, int] = getattr(_spare_files, "by_folder", {})
-    _spare_files.by_folder = spare
-    if folder not in spare and (fd := _open_unnamed(folder)) is not None:
-        spare[folder] = fd
-
-
-def _link_new_file(folder: str, path: str, data: bytes) -> bool | None:
-    """Write ``data`` at ``path`` unless a file is there (then False), by linking an unnamed
-    file into place: about half the kernel time of a named temporary file linked and
-    unlinked. None where the system or the filesystem cannot do it."""
-    spare: dict[str, int] = getattr(_spare_files, "by_folder", {})
-    prepared = spare.pop(folder, None)
-    fd = prepared if prepared is not None else _open_unnamed(folder)
-    if fd is None:
-        return None
-    try:
-        with open(fd, "wb", closefd=False) as handle:
-            handle.write(data)
-        # linkat(2) with AT_SYMLINK_FOLLOW (which os.link uses once a dir fd is given): it fails
-        # if the name exists, so the first writer wins.
-        os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        if prepared is None:
-            raise
-        # The folder was removed and made again since the file was prepared: a fresh one.
-        return _link_new_file(folder, path, data)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
-            raise
-        # linkat through /proc refused (a restricted /proc, say): named temporaries from now on.
-        global _O_TMPFILE
-        _O_TMPFILE = 0
-        return None
-    finally:
-        os.close(fd)
-    return True
+    """Make ready, while there is time, the file that the next exclusive write beside ``uri``
+    will fill (see :func:`local_files.prepare_new_file`). Nothing for object stores."""
+    if is_local(uri):
+        local_files.prepare_new_file(local_path(uri))
 
 
 def touch(uri: str, options: StorageOptions | None = None) -> None:

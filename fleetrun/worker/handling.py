@@ -108,12 +108,12 @@ class BatchHandler:
         """The number of this try: the tries fleetrun recorded, plus the returns the broker
         counted whose try had actually started (its marker exists). A batch that a dead or
         draining worker held without starting it costs no try, whatever the broker counted."""
-        attempt = message.attempt
-        options = job.spec.storage_options
-        while returns > 0 and self.tries.started(job.state_uri, message.index, attempt, options):
-            attempt += 1
-            returns -= 1
-        return attempt
+        if returns <= 0:
+            return message.attempt
+        started = self.tries.count_started(
+            job.state_uri, message.index, message.attempt, returns, job.spec.storage_options
+        )
+        return message.attempt + started
 
     def _announce_if_finished(
         self, consumer: Consumer, delivery: Delivery, message: BatchMessage, job: LoadedJob

@@ -157,7 +157,7 @@ def _slice_stream(piece: TableSlice, read: Reader, chunk: int) -> Iterator[bytes
         return
     check = QuotedNewlineCheck(piece) if piece.format == "csv" else None
     if piece.format == "csv" and piece.start > 0:
-        yield from _checked(iter([header_line(read, piece.size)]), None)
+        yield header_line(read, piece.size)
     yield from _checked(slice_chunks(read, piece, chunk), check)
 
 

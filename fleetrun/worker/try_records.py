@@ -59,17 +59,32 @@ class TryRecords:
 
     def started(self, state_uri: str, index: int, attempt: int, options: StorageOptions) -> bool:
         """Whether any worker recorded try ``attempt`` of batch ``index`` as started."""
-        name = _name(index, attempt)
+        return self.count_started(state_uri, index, attempt, 1, options) == 1
+
+    def count_started(
+        self, state_uri: str, index: int, first: int, most: int, options: StorageOptions
+    ) -> int:
+        """How many of tries ``first``, ``first + 1``, ... (at most ``most``) were recorded as
+        started, stopping at the first that was not. The logs are read once for all of them."""
         folder = _folder(state_uri)
-        if not storage.is_local(state_uri):
-            return storage.exists(storage.join(folder, name), options)
-        line = f"\n{name}\n".encode()
-        for log in storage.list_names(folder):
-            if log.endswith(".log") and line in b"\n" + storage.read_bytes(
-                storage.join(folder, log)
-            ):
-                return True
-        return False
+        if storage.is_local(state_uri):
+            logs = b"\n" + b"".join(
+                storage.read_bytes(storage.join(folder, log))
+                for log in storage.list_names(folder)
+                if log.endswith(".log")
+            )
+
+            def recorded(attempt: int) -> bool:
+                return f"\n{_name(index, attempt)}\n".encode() in logs
+        else:
+
+            def recorded(attempt: int) -> bool:
+                return storage.exists(storage.join(folder, _name(index, attempt)), options)
+
+        count = 0
+        while count < most and recorded(first + count):
+            count += 1
+        return count
 
     def close(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from fleetrun.common import storage
+from fleetrun.common import local_files, storage
 from fleetrun.common.listing import list_inputs
 
 # Names chosen so that sorting folder by folder and sorting full paths could disagree:
@@ -181,7 +181,7 @@ def test_an_exclusive_write_falls_back_to_a_named_temporary_where_linkat_is_refu
             raise PermissionError(1, "Operation not permitted")
         real_link(src, dst, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(storage, "_O_TMPFILE", storage._O_TMPFILE)  # restored afterwards
+    monkeypatch.setattr(local_files, "_O_TMPFILE", local_files._O_TMPFILE)  # restored afterwards
     monkeypatch.setattr(os, "link", refusing_link)
     part = tmp_path / "parts" / "000000001.part"
 
