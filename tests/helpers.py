@@ -284,9 +284,15 @@ class Harness:
         return self._spawn("run", self.run_args(*args, broker=broker, sets=sets))
 
     def start_worker(
-        self, broker: str, *, processes: int = 2, extra: Sequence[str] = ()
+        self,
+        broker: str,
+        *,
+        processes: int = 2,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """A ``fleetrun worker`` daemon in this test's namespace (output in ``logs/``)."""
+        """A ``fleetrun worker`` daemon in this test's namespace (output in ``logs/``), with
+        ``env`` added to its environment (and so to its runners')."""
         self.broker_urls.add(broker)
         command = [
             sys.executable,
@@ -303,13 +309,15 @@ class Harness:
             str(self.cache_dir),
             *extra,
         ]
-        return self._spawn("worker", command)
+        return self._spawn("worker", command, env)
 
-    def _spawn(self, kind: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, kind: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.logs_dir / f"{kind}-{len(self.processes)}.log"
         with log.open("wb") as handle:
             process = subprocess.Popen(
-                command, env=self.env(), stdout=handle, stderr=subprocess.STDOUT
+                command, env=self.env(**(env or {})), stdout=handle, stderr=subprocess.STDOUT
             )
         process.log_path = log  # type: ignore[attr-defined]
         self.processes.append(process)

@@ -47,7 +47,11 @@ def add_commands(commands: Any) -> None:
     worker.add_argument(
         "--processes", type=int, help="runner processes (default: the number of CPUs)"
     )
-    worker.add_argument("--prefetch", type=int, help="batches held at once (default: 8 per runner)")
+    worker.add_argument(
+        "--prefetch",
+        type=int,
+        help="batches held at once (default: set from the tries' durations, 2-32 per runner)",
+    )
     worker.add_argument("--cache-dir", type=Path, help="local cache for code and staged inputs")
     worker.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"])
     worker.add_argument(

@@ -42,11 +42,12 @@ class Topology:
 
     @property
     def control(self) -> str:
-        """The fanout exchange that tells every worker a job was stopped."""
+        """The fanout exchange that tells every worker a job's run ended or was stopped."""
         return f"{self.namespace}.control"
 
     def results(self, job_id: str) -> str:
-        """A job's results queue, read by its coordinator."""
+        """A job's results queue, read by its coordinator: each message holds one or more
+        :class:`BatchResult`, a JSON object per line (see :func:`results_from_bytes`)."""
         return f"{self.namespace}.results.{job_id}"
 
     @property
@@ -130,9 +131,22 @@ class BatchResult(_Message):
     pid: int = Field(default_factory=os.getpid)
 
 
+def results_to_bytes(results: list[bytes]) -> bytes:
+    """One results message from several encoded :class:`BatchResult` (JSON never holds a raw
+    newline, so a line is a result)."""
+    return b"\n".join(results)
+
+
+def results_from_bytes(body: bytes) -> list[BatchResult]:
+    return [BatchResult.from_bytes(line) for line in body.split(b"\n") if line]
+
+
 class StopJob(_Message):
-    """Broadcast to every worker: drop the remaining batches of this run of a job."""
+    """Broadcast to every worker: this run of a job has ended (``finished``: every batch has
+    its result) or was stopped early. Either way its remaining batches are dropped, and the
+    runners bound to the job are free for other jobs (their ``shutdown()`` runs now)."""
 
     job_id: str
     run_id: str
     reason: str
+    finished: bool = False

@@ -23,6 +23,7 @@ from fleetrun.common.messages import (
     BatchResult,
     StopJob,
     Topology,
+    results_from_bytes,
 )
 from fleetrun.common.output_formats import OutputSchemaError, check_columns
 from fleetrun.common.status import InFlight, JobStatus, WorkerStatus
@@ -128,15 +129,8 @@ class JobRun:
         delivery = self.results.get(timeout)
         while delivery is not None:
             self._to_ack.append(delivery)
-            result = BatchResult.from_bytes(delivery.body)
-            if result.job_id == self.job_id and self.ledger.add(result):
-                self._last_progress = self.clock()
-                if self._join is not None:
-                    self._join.arrived(result.index)
-                self._check_columns(result)
-                if result.error is not None and result.error.kind == "script_invalid":
-                    # Every batch would fail the same way: stop now, not after all of them.
-                    self._abort(result.error.message, status="failed")
+            for result in results_from_bytes(delivery.body):
+                self._take(result)
             if len(self._to_ack) >= 1000:
                 break
             delivery = self.results.get(0)
@@ -148,6 +142,17 @@ class JobRun:
         self._check_thresholds()
         self.progress.update(self.ledger.counts, self.planned_batches, self.listing_done)
         self._notice_stall()
+
+    def _take(self, result: BatchResult) -> None:
+        if result.job_id != self.job_id or not self.ledger.add(result):
+            return  # another job's, or a batch already counted
+        self._last_progress = self.clock()
+        if self._join is not None:
+            self._join.arrived(result.index)
+        self._check_columns(result)
+        if result.error is not None and result.error.kind == "script_invalid":
+            # Every batch would fail the same way: stop now, not after all of them.
+            self._abort(result.error.message, status="failed")
 
     def snapshot(self, workers: list[WorkerStatus], coordinator: str = "") -> JobStatus:
         """How the job stands, for ``fleetrun status``."""
@@ -281,14 +286,18 @@ class JobRun:
             reason.encode(),
             self.spec.storage_options,
         )
-        stop = StopJob(job_id=self.job_id, run_id=self.run_id, reason=reason)
-        try:
-            self.conn.publish("", stop.to_bytes(), exchange=self.topology.control).result(30)
-        except Exception as exc:  # the marker in storage stops the workers anyway
-            self.log.warning(
-                "Could not broadcast the stop; workers will see the marker.", error=str(exc)
-            )
+        self._broadcast_end(reason, finished=False)
         self.progress.say(f"Stopping the job ({status}): {reason}.")
+
+    def _broadcast_end(self, reason: str, finished: bool) -> None:
+        """Tell every worker this run has ended: they drop its batches and free its runners."""
+        end = StopJob(job_id=self.job_id, run_id=self.run_id, reason=reason, finished=finished)
+        try:
+            self.conn.publish("", end.to_bytes(), exchange=self.topology.control).result(30)
+        except Exception as exc:
+            # A stopped run leaves a marker in storage that stops the workers anyway; the
+            # runners of a finished one are freed after switch_after_s or their idle timeout.
+            self.log.warning("Could not tell the workers that the run ended.", error=str(exc))
 
     def _notice_stall(self) -> None:
         now = self.clock()
@@ -355,6 +364,8 @@ class JobRun:
             output,
         )
         write_summary(spec, summary)
+        if not self.abort_reason:  # a stopped run was announced when it stopped
+            self._broadcast_end(reason, finished=True)
         try:
             self.results.cancel()
             self.conn.delete_queue(self.topology.results(self.job_id))

@@ -51,19 +51,20 @@ class Dispatcher:
 
     def take(
         self,
-        own_job: str | None,
+        own_job: Callable[[], str | None],
         served: Callable[[], set[str]],
         timeout: float,
         stopping: threading.Event | None = None,
     ) -> Delivery | None:
         """The delivery this slot should run next, or None after ``timeout`` seconds (or as
-        soon as ``stopping`` is set)."""
+        soon as ``stopping`` is set). ``own_job`` (the job of the slot's runner, None when it
+        has none or its job has ended) and ``served`` are asked afresh on every look."""
         deadline = self._clock() + timeout
         while stopping is None or not stopping.is_set():
             with self._lock:
                 while (delivery := self.consumer.get(timeout=0)) is not None:
                     self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
-                chosen = self._choose(own_job, served())
+                chosen = self._choose(own_job(), served())
                 if chosen is not None:
                     self._waiting.remove(chosen)
                     return chosen.delivery
@@ -92,6 +93,15 @@ class Dispatcher:
         if now - oldest.arrived >= self.switch_after_s:
             return oldest
         return None
+
+    def surplus(self, keep: int) -> list[Delivery]:
+        """The held deliveries beyond the first ``keep`` that no slot took yet, released."""
+        with self._lock:
+            while (delivery := self.consumer.get(timeout=0)) is not None:
+                self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+            extra = self._waiting[max(0, keep) :]
+            del self._waiting[max(0, keep) :]
+        return [w.delivery for w in extra]
 
     def drain(self) -> list[Delivery]:
         """Everything held and not taken (for handing back on shutdown)."""

@@ -32,6 +32,7 @@ from fleetrun.worker.jobs import (
     JobStateInvalid,
     LoadedJob,
 )
+from fleetrun.worker.result_outbox import ResultOutbox
 from fleetrun.worker.runner_process import TryResult
 from fleetrun.worker.staging import StagedBatch, stage
 from fleetrun.worker.try_records import TryRecords
@@ -56,6 +57,7 @@ class BatchHandler:
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
         self.tries = TryRecords()
+        self.outbox = ResultOutbox(conn.publish)
 
     # -- before a try --------------------------------------------------------------------------
 
@@ -286,8 +288,11 @@ class BatchHandler:
     ) -> None:
         # Acked once the result is confirmed, or refused because the job's coordinator is gone:
         # either way the part in storage is the durable record.
-        future = self.conn.publish(message.reply_to, header.to_bytes())
-        self.after(future, lambda error: self._after_result(consumer, delivery, error))
+        self.outbox.send(
+            message.reply_to,
+            header.to_bytes(),
+            lambda error: self._after_result(consumer, delivery, error),
+        )
 
     def _after_result(
         self, consumer: Consumer, delivery: Delivery, error: BaseException | None
@@ -332,6 +337,7 @@ class BatchHandler:
 
     def wait_for_confirms(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
+        self.outbox.wait_idle(timeout)
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._pending:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -170,6 +171,7 @@ def serve(conn: Connection) -> None:
             return
         task = message[1]
         runner.rows = None
+        started = time.perf_counter()
         try:
             header = runner.run(task)
         except BaseException as exc:
@@ -178,9 +180,10 @@ def serve(conn: Connection) -> None:
                 items = [TableSlice.model_validate(task["slice"]).describe()]
             info = error_info("exception", exc, task["index"], task["attempt"], items)
             info.rows = runner.rows  # a tabular batch's rows, if they were read
-            conn.send(("failed", info.model_dump()))
+            conn.send(("failed", info.model_dump(), time.perf_counter() - started))
             continue
-        conn.send(("done", header.model_dump_json()))
+        # With the time run() and the part took, which sets the worker's prefetch.
+        conn.send(("done", header.model_dump_json(), time.perf_counter() - started))
         storage.prepare_new_file(task["part_uri"])  # while the next batch is on its way
 
 

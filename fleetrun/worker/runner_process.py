@@ -61,6 +61,7 @@ class RunnerProcess:
         self._task: dict[str, Any] = {}
         self._close_lock = threading.Lock()
         self._sent_at = 0.0
+        self._reported_s: float | None = None  # what the runner said the last batch took
 
     @property
     def pid(self) -> int:
@@ -82,8 +83,16 @@ class RunnerProcess:
         """Hand a batch to the runner; :meth:`wait` collects the outcome."""
         self._task = dict(task)
         self._sent_at = time.monotonic()
+        self._reported_s = None
         with contextlib.suppress(OSError):  # it died between batches; wait() reports how
             self._conn.send(("run", self._task))
+
+    def batch_seconds(self) -> float:
+        """How long the last batch took in the runner (as it reported; else, for a batch that
+        timed out or killed the runner, since it was sent)."""
+        if self._reported_s is not None:
+            return self._reported_s
+        return time.monotonic() - self._sent_at
 
     def wait(self, timeout: float) -> TryResult:
         """The outcome of the batch sent last, waiting until ``timeout`` s after it was sent."""
@@ -133,7 +142,7 @@ class RunnerProcess:
                 ),
             )
         try:
-            kind, payload = self._conn.recv()
+            kind, payload, *seconds = self._conn.recv()
         except (EOFError, OSError):
             code = self._reap()
             return TryResult(
@@ -144,6 +153,8 @@ class RunnerProcess:
                     f"the runner process (pid {self.pid}) {_signal_name(code)} during {what}",
                 ),
             )
+        if seconds:
+            self._reported_s = seconds[0]
         if kind == "done":
             return TryResult("done", result=BatchResult.model_validate_json(payload))
         if kind == "failed":

@@ -35,8 +35,10 @@ class RunnerSlot:
         self.runner: RunnerProcess | None = None
         self.last_used = time.monotonic()
         self.holding: HeldBatch | None = None  # the batch being run, for heartbeats
-        # A runner started ahead of need, so the first batch (or a replacement) does not wait
-        # for an interpreter to start and import fleetrun.
+        self.last_try_s = 0.0  # how long the runner took over the last batch it was sent
+        # A runner started ahead of need, so the first batch of a job (or a replacement) does
+        # not wait for an interpreter to start and import fleetrun. Taken by a job, it is
+        # replaced once the slot is idle (see :meth:`idle`), never while batches wait for CPU.
         self.spare: RunnerProcess | None = RunnerProcess()
 
     def start_try(self, work: Work) -> TryResult | None:
@@ -66,6 +68,7 @@ class RunnerSlot:
     def wait_try(self, work: Work) -> TryResult:
         assert self.runner is not None
         outcome = self.runner.wait(work.job.spec.run_invocation_timeout)
+        self.last_try_s = self.runner.batch_seconds()
         if outcome.kind in ("timeout", "died"):
             self.discard()
         self.last_used = time.monotonic()
@@ -166,9 +169,16 @@ class RunnerSlot:
             "log_file": str(job.work_dir / "logs" / f"runner-{self.index}.jsonl"),
         }
 
-    def stop_if_idle(self, idle_timeout: float) -> None:
-        if self.runner is not None and time.monotonic() - self.last_used > idle_timeout:
+    def idle(self, idle_timeout: float, job_ended: bool) -> None:
+        """No batch came for a while: stop the runner if its job has ended (its ``shutdown()``
+        runs now, not when the next job comes) or it has been idle for ``idle_timeout``; and
+        have a spare runner ready for the next job."""
+        if self.runner is not None and (
+            job_ended or time.monotonic() - self.last_used > idle_timeout
+        ):
             self.stop()
+        if self.spare is None or not self.spare.alive():
+            self.spare = RunnerProcess()
 
     def stop(self) -> None:
         """Stop the runner cleanly (its ``shutdown()`` runs)."""

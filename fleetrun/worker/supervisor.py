@@ -30,6 +30,7 @@ from fleetrun.common.status import HEARTBEAT_S, HeldBatch, WorkerStatus
 from fleetrun.worker.dispatch import Dispatcher
 from fleetrun.worker.handling import BatchHandler
 from fleetrun.worker.jobs import JobCache
+from fleetrun.worker.prefetch import MAX_PER_RUNNER, MIN_PER_RUNNER, PrefetchTuner
 from fleetrun.worker.slot import RunnerSlot
 from fleetrun.worker.work import Work
 
@@ -39,8 +40,8 @@ class WorkerSettings:
     """How one worker runs; built once in ``main()`` and passed down."""
 
     processes: int = 1
-    # 0: eight per runner. Acks wait for the result's confirm, so the credit must cover a
-    # broker round trip; held batches that no runner starts cost no try (try markers).
+    # 0: set from the duration of recent tries (see fleetrun.worker.prefetch). Held batches
+    # that no runner starts cost no try (try markers).
     prefetch: int = 0
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "fleetrun")
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
@@ -48,10 +49,6 @@ class WorkerSettings:
     gpu_count: int = 0
     namespace: str = "fleetrun"
     drain_timeout: float = 3600.0  # how long a drain waits for running batches
-
-    @property
-    def effective_prefetch(self) -> int:
-        return self.prefetch or 8 * self.processes
 
 
 class Supervisor:
@@ -68,9 +65,13 @@ class Supervisor:
         self._slots = [
             RunnerSlot(i, settings.name, settings.gpu_count) for i in range(settings.processes)
         ]
+        self._prefetch = PrefetchTuner(settings.processes, settings.prefetch)
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._abandoning = False  # set when a drain runs out of time
+        # Jobs whose run has ended (finished or stopped): their runners are stopped when their
+        # slots go idle, and do not hold their slots back from other jobs meanwhile.
+        self._ended_jobs: set[str] = set()
         self._failed = False  # set when the worker stops on an error rather than a request
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class Supervisor:
         conn.bind(control_queue, topology.control)
         control = conn.consume(control_queue, prefetch=50)
         conn.declare_fanout(topology.workers)
-        batches = conn.consume(topology.batches, prefetch=self.settings.effective_prefetch)
+        batches = conn.consume(topology.batches, prefetch=self._prefetch.current)
         dispatcher = Dispatcher(batches)
         slot_threads = [
             threading.Thread(
@@ -109,7 +110,8 @@ class Supervisor:
             broker=conn.description,
             namespace=topology.namespace,
             runners=self.settings.processes,
-            prefetch=self.settings.effective_prefetch,
+            prefetch=self._prefetch.fixed
+            or f"adaptive, {MIN_PER_RUNNER}-{MAX_PER_RUNNER} per runner",
         )
         while not self._stopping.wait(0.5):
             pass  # a timed wait, so signal handlers run promptly in the main thread
@@ -158,23 +160,33 @@ class Supervisor:
             if delivery is None:
                 continue
             try:
-                stop = StopJob.from_bytes(delivery.body)
-                self._handler.jobs.mark_stopped(stop.job_id, stop.run_id)
-                self.log.info(
-                    "Job stopped; dropping its batches.", job_id=stop.job_id, reason=stop.reason
-                )
+                end = StopJob.from_bytes(delivery.body)
+                self._handler.jobs.mark_stopped(end.job_id, end.run_id)
+                # Only jobs some runner is bound to matter; the set stays small for ever.
+                bound = {s.runner.job_id for s in self._slots if s.runner is not None}
+                self._ended_jobs = (self._ended_jobs | {end.job_id}) & bound
+                if not end.finished:
+                    self.log.info(
+                        "Job stopped; dropping its batches.", job_id=end.job_id, reason=end.reason
+                    )
             except ValidationError:
                 pass
             control.ack(delivery)
 
+    def _live_job(self, slot: RunnerSlot) -> str | None:
+        """The job the slot's runner serves, unless that job's run has ended."""
+        job_id = slot.runner.job_id if slot.runner is not None else None
+        return None if job_id in self._ended_jobs else job_id
+
     def _served_jobs(self) -> set[str]:
-        return {s.runner.job_id for s in self._slots if s.runner and s.runner.job_id}
+        return {job_id for s in self._slots if (job_id := self._live_job(s))}
 
     def _next_work(self, slot: RunnerSlot, dispatcher: Dispatcher, timeout: float) -> Work | None:
         """The next batch that needs a runner, staged; None if none came within ``timeout``."""
         while True:
-            own_job = slot.runner.job_id if slot.runner is not None else None
-            delivery = dispatcher.take(own_job, self._served_jobs, timeout, self._stopping)
+            delivery = dispatcher.take(
+                lambda: self._live_job(slot), self._served_jobs, timeout, self._stopping
+            )
             if delivery is None:
                 return None
             try:
@@ -187,6 +199,18 @@ class Supervisor:
             if work is not None:
                 self._handler.stage(work, slot.index)
                 return work
+
+    def _set_prefetch(self, dispatcher: Dispatcher, prefetch: int | None) -> None:
+        """Apply a new prefetch; when it shrank, hand back the held batches beyond it that no
+        slot has taken (they cost no try), for other workers to take."""
+        if prefetch is None:
+            return
+        try:
+            dispatcher.consumer.set_prefetch(prefetch)
+            for delivery in dispatcher.surplus(keep=prefetch - len(self._slots)):
+                self._handler.hand_back(dispatcher.consumer, delivery)
+        except Exception:  # a lost connection, say: the prefetch stays as it was
+            self.log.exception("Could not change the prefetch.", prefetch=prefetch)
 
     def _heartbeat_loop(self) -> None:
         """Tell coordinators what this worker holds, for ``fleetrun status``."""
@@ -214,8 +238,11 @@ class Supervisor:
                 return
             upcoming = None
             if work is None:
-                slot.stop_if_idle(self.settings.idle_runner_timeout)
+                if not self._stopping.is_set():
+                    slot.idle(self.settings.idle_runner_timeout, self._live_job(slot) is None)
+                    self._set_prefetch(dispatcher, self._prefetch.reset())
                 continue
+            self._ended_jobs.discard(work.job.job_id)  # a new run of it, or a late batch
             slot.holding = HeldBatch(
                 job_id=work.job.job_id, batch=work.index, attempt=work.attempt, since=time.time()
             )
@@ -228,6 +255,7 @@ class Supervisor:
                     if not self._stopping.is_set():
                         upcoming = self._next_work(slot, dispatcher, timeout=0)
                     outcome = slot.wait_try(work)
+                    self._set_prefetch(dispatcher, self._prefetch.record(slot.last_try_s))
                 if self._abandoning:
                     self._handler.hand_back(work.consumer, work.delivery)
                 else:

@@ -194,6 +194,39 @@ def test_prefetch_bounds_the_unacked_deliveries_a_consumer_holds(
     eventually(lambda: publisher.queue_depth(queue), (2, 1))
 
 
+def test_a_new_prefetch_applies_at_once_besides_what_the_consumer_holds(
+    broker: BrokerUnderTest,
+) -> None:
+    publisher = broker.connect("publisher")
+    worker = broker.connect("worker")
+    queue = broker.queue(publisher)
+    bodies = [f"m{i}".encode() for i in range(10)]
+    publish_all(publisher, queue, bodies)
+    consumer = worker.consume(queue, prefetch=2)
+    held = [get(consumer), get(consumer)]
+    assert consumer.get(QUIET) is None
+
+    consumer.set_prefetch(5)  # five more, besides the two held, without any ack
+    held += [get(consumer) for _ in range(5)]
+    assert consumer.get(QUIET) is None
+
+    consumer.set_prefetch(1)  # one more; acking what was held before frees nothing
+    held.append(get(consumer))
+    assert consumer.get(QUIET) is None
+    for delivery in held[:7]:
+        consumer.ack(delivery)
+    assert consumer.get(QUIET) is None
+    consumer.ack(held[7])
+    held.append(get(consumer))
+    assert consumer.get(QUIET) is None
+
+    assert [d.body for d in held] == bodies[:9]
+    assert not any(d.redelivered for d in held)
+    consumer.ack(held[8])
+    worker.close()  # every ack held, the replaced consumer's too: nothing comes back
+    eventually(lambda: publisher.queue_depth(queue), (1, 0))
+
+
 def test_a_requeued_message_is_handed_out_again_as_redelivered(broker: BrokerUnderTest) -> None:
     conn = broker.connect()
     queue = broker.queue(conn)

@@ -904,6 +904,7 @@ def test_the_keda_manifest_scales_the_worker_deployment_on_the_batch_queue() -> 
 
 def test_the_rabbitmq_conf_consumer_timeout_covers_the_default_invocation_timeout() -> None:
     from fleetrun.common.spec import JobSpec
+    from fleetrun.worker.prefetch import MIN_PER_RUNNER
 
     settings = {}
     for line in (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text().splitlines():
@@ -911,7 +912,8 @@ def test_the_rabbitmq_conf_consumer_timeout_covers_the_default_invocation_timeou
             key, _, value = line.partition("=")
             settings[key.strip()] = value.strip()
     timeout = JobSpec.model_fields["run_invocation_timeout"].default
-    held_per_runner = 2  # the worker's default prefetch: 2 batches per runner
+    # The adaptive prefetch for batches of 20 ms or more (every batch near a timeout).
+    held_per_runner = MIN_PER_RUNNER
 
     # A held batch waits for the one before it on its runner, and maybe for init() (3 T + 30 s).
     needed_ms = ((held_per_runner + 3) * timeout + 30) * 1000

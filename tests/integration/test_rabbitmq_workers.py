@@ -90,3 +90,96 @@ def test_run_says_plainly_when_no_worker_takes_a_batch_and_keeps_waiting(
 
     assert summary.status == "succeeded"
     assert harness.output_lines() == harness.expected_lines()
+
+
+RECORDS_PIDS = """\
+import os, time
+
+def init():
+    with open(os.environ["INITS"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+def run(mini_batch):
+    time.sleep(0.05)  # long enough that one runner cannot take every batch
+    return [os.path.basename(p) for p in mini_batch]
+
+def shutdown():
+    with open(os.environ["SHUTDOWNS"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+"""
+
+
+def test_jobs_one_after_another_each_get_every_runner_and_shutdown_runs_at_the_end(
+    harness: Harness, rabbitmq_url: str
+) -> None:
+    """A finished job frees its runners at once: the next job gets both (not one of them for
+    the dispatcher's 10 s switch delay, longer than this job), and the script's shutdown()
+    runs when the job ends, not when the runner would idle out minutes later."""
+    harness.make_inputs(40)
+    inits, shutdowns = harness.root / "inits.txt", harness.root / "shutdowns.txt"
+    shutdowns.write_text("")
+    worker = harness.start_worker(rabbitmq_url, processes=2)
+    harness.wait_ready(worker)
+    for job in ("first", "second"):
+        harness.write_job(
+            RECORDS_PIDS,
+            name=job,
+            mini_batch_size=2,
+            environment_variables={"INITS": str(inits), "SHUTDOWNS": str(shutdowns)},
+        )
+        inits.write_text("")
+
+        result = harness.run(broker=rabbitmq_url)
+
+        assert result.returncode == 0, result.stderr
+        assert harness.output_lines() == sorted(p.name for p in harness.inputs)
+        runners = set(inits.read_text().split())
+        assert len(runners) == 2, f"job {job}: init() ran in {runners}, expected two runners"
+
+        def shut_down(runners: set[str] = runners) -> bool:
+            return runners <= set(shutdowns.read_text().split())
+
+        wait_for(shut_down, 10, f"shutdown() of job {job} in both its runners")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, harness.log_of(worker)
+
+
+TAKES_ITS_WORKERS_TIME = """\
+import os, time
+
+def run(mini_batch):
+    time.sleep(float(os.environ["BATCH_SECONDS"]))
+    return [f"{os.path.basename(p)} {os.environ['WORKER_TAG']}" for p in mini_batch]
+"""
+
+
+def test_a_slow_worker_holds_few_batches_so_a_fast_one_takes_the_rest(
+    harness: Harness, rabbitmq_url: str
+) -> None:
+    """With batches of a second or so, a worker holds one running and one staged per runner
+    (the adaptive prefetch), not a deep queue that a faster worker would wait on at the end
+    of the job."""
+    harness.make_inputs(24)
+    harness.write_job(TAKES_ITS_WORKERS_TIME, mini_batch_size=1)
+    workers = [
+        harness.start_worker(
+            rabbitmq_url, processes=1, env={"WORKER_TAG": tag, "BATCH_SECONDS": seconds}
+        )
+        for tag, seconds in (("slow", "1.5"), ("fast", "0.05"))
+    ]
+    for worker in workers:
+        harness.wait_ready(worker)
+
+    result = harness.run(broker=rabbitmq_url)
+
+    assert result.returncode == 0, result.stderr
+    lines = harness.output_lines()
+    assert [line.split()[0] for line in lines] == [p.name for p in harness.inputs]
+    by_slow = sum(line.endswith(" slow") for line in lines)
+    # Holding 8 (the old fixed prefetch), the slow one would run 8 batches and the job would
+    # wait 12 s for it; holding 2, it runs 2 or 3 while the fast one runs the rest.
+    assert 1 <= by_slow <= 4, f"the slow worker ran {by_slow} of 24 batches"
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(30) == 0, harness.log_of(worker)

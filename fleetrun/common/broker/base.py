@@ -63,6 +63,12 @@ class Consumer(abc.ABC):
     def cancel(self) -> None:
         """Stop receiving. Deliveries already received stay held until acked or closed."""
 
+    @abc.abstractmethod
+    def set_prefetch(self, prefetch: int) -> None:
+        """Up to ``prefetch`` unacked deliveries from now on, besides those already held:
+        RabbitMQ fixes a consumer's prefetch when it starts, so the consumer is replaced on
+        its channel, where what it held stays held and is acked as before."""
+
 
 class Connection(abc.ABC):
     """One client connection to a broker."""

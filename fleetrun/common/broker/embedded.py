@@ -87,10 +87,11 @@ class _EmbeddedConsumer(Consumer):
         self._prefetch = prefetch
         self._inbox: stdqueue.Queue[Delivery] = stdqueue.Queue()
         self.unacked: dict[int, _Message] = {}
+        self._carried: set[int] = set()  # held before the last set_prefetch: not counted
         self.active = True
 
     def has_room(self) -> bool:
-        return self.active and len(self.unacked) < self._prefetch
+        return self.active and len(self.unacked) - len(self._carried) < self._prefetch
 
     def deliver(self, message: _Message, tag: int) -> None:
         self.unacked[tag] = message
@@ -112,6 +113,7 @@ class _EmbeddedConsumer(Consumer):
         if delivery.channel is not self:
             return None
         message: _Message | None = self.unacked.pop(delivery.tag, None)
+        self._carried.discard(delivery.tag)
         return message
 
     def ack(self, delivery: Delivery) -> None:
@@ -124,6 +126,14 @@ class _EmbeddedConsumer(Consumer):
             message = self._settle(delivery)
             if message is not None:
                 self._broker._return(self.queue, [message])
+
+    def set_prefetch(self, prefetch: int) -> None:
+        with self._broker._lock:
+            self._prefetch = max(1, prefetch)
+            self._carried = set(self.unacked)
+            q = self._broker._queues.get(self.queue)
+            if q is not None and self.active:
+                self._broker._dispatch(q)
 
     def cancel(self) -> None:
         with self._broker._lock:
@@ -138,6 +148,7 @@ class _EmbeddedConsumer(Consumer):
             self.cancel()
             held = [self.unacked[tag] for tag in sorted(self.unacked)]
             self.unacked.clear()
+            self._carried.clear()
             self._broker._return(self.queue, held)
 
 

@@ -62,6 +62,8 @@ class RabbitConnection(ConsumingMixin, Connection):
         self._closing = False
         self._fatal: BaseException | None = None
         self._pending: list[Callable[[], None]] = []  # calls waiting for the next connection
+        self._queued: list[Callable[[], None]] = []  # calls for the loop's next wake-up
+        self._wakeup_scheduled = False
         self._seq = 0
         self._unconfirmed: dict[int, Future[None]] = {}
         self._returned: set[str] = set()
@@ -110,7 +112,12 @@ class RabbitConnection(ConsumingMixin, Connection):
                 return
             self._conn = conn
             conn.ioloop.start()
-            self._conn = None
+            with self._lock:
+                # Calls queued for a wake-up of this loop that never came wait for the next
+                # connection, ahead of any made since.
+                self._conn = None
+                self._pending[:0], self._queued = self._queued, []
+                self._wakeup_scheduled = False
             if self._closing or self._fatal is not None:
                 return
             time.sleep(min(10.0, 0.2 * 2 ** min(self._attempt, 6)) * random.uniform(0.5, 1.0))
@@ -229,7 +236,11 @@ class RabbitConnection(ConsumingMixin, Connection):
             self._returned.add(props.message_id)
 
     def _call(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the I/O thread once a connection is up."""
+        """Run ``fn`` on the I/O thread once a connection is up, after the calls made before.
+
+        Calls made close together share one wake-up of the loop: a publisher sending
+        thousands of messages a second costs the loop one wake-up per burst, not per message.
+        """
         with self._lock:
             conn = self._conn
             # Calls wait while there is no connection, or while a refused request's closed
@@ -237,11 +248,23 @@ class RabbitConnection(ConsumingMixin, Connection):
             if conn is None or not self._ready.is_set() or self._channel is None:
                 self._pending.append(fn)
                 return
+            self._queued.append(fn)
+            if self._wakeup_scheduled:
+                return
+            self._wakeup_scheduled = True
         try:
-            conn.ioloop.add_callback_threadsafe(fn)
-        except Exception:  # the loop is shutting down; the next connection runs it
+            conn.ioloop.add_callback_threadsafe(self._run_queued)
+        except Exception:  # the loop is shutting down; the next connection runs them
             with self._lock:
-                self._pending.append(fn)
+                self._pending[:0], self._queued = self._queued, []
+                self._wakeup_scheduled = False
+
+    def _run_queued(self) -> None:
+        with self._lock:
+            calls, self._queued = self._queued, []
+            self._wakeup_scheduled = False
+        for call in calls:
+            call()
 
     def _call_and_wait(self, fn: Callable[[Future[Any]], None], timeout: float = 30.0) -> Any:
         if self._closing:

@@ -55,6 +55,19 @@ class RabbitConsumer(Consumer):
         self.cancelled = True
         self._owner._call(functools.partial(self._owner._cancel_on_loop, self))
 
+    def set_prefetch(self, prefetch: int) -> None:
+        self.prefetch = max(1, prefetch)
+        self._owner._call(functools.partial(self._owner._reconsume_on_loop, self))
+
+    def on_message(self, ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
+        """Called by pika on the I/O thread."""
+        if ch is not self.channel:
+            return
+        self.outstanding.append(method.delivery_tag)
+        self.inbox.put(
+            Delivery(body, props.headers or {}, method.redelivered, method.delivery_tag, ch)
+        )
+
 
 class ConsumingMixin:
     """The consuming half of :class:`RabbitConnection` (which provides these attributes)."""
@@ -99,18 +112,10 @@ class ConsumingMixin:
             channel.add_on_close_callback(functools.partial(self._on_consumer_closed, consumer))
             channel.add_on_cancel_callback(lambda _frame: self._on_broker_cancel(consumer, channel))
 
-            def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
-                if ch is not consumer.channel:
-                    return
-                consumer.outstanding.append(method.delivery_tag)
-                consumer.inbox.put(
-                    Delivery(body, props.headers or {}, method.redelivered, method.delivery_tag, ch)
-                )
-
             def on_qos(_frame: Any) -> None:
                 consumer.tag = channel.basic_consume(
                     consumer.queue,
-                    on_message,
+                    consumer.on_message,
                     callback=lambda _f: started.set_result(None) if started else None,
                 )
 
@@ -147,6 +152,24 @@ class ConsumingMixin:
         current = consumer.channel
         if current is not None and current is channel and current.is_open:
             current.close()
+
+    def _reconsume_on_loop(self, consumer: RabbitConsumer) -> None:
+        """A new prefetch: RabbitMQ fixes a consumer's prefetch when it starts, so a new
+        consumer replaces it on the same channel, where the deliveries already held stay held
+        and are acked as before. (One that pika receives for the old consumer in the moment
+        between the two is handed back by pika: it was never started, so it costs no try.)"""
+        current, old_tag = consumer.channel, consumer.tag
+        if current is None or not current.is_open or consumer.cancelled or old_tag is None:
+            return  # a reconnect, or none, opens the consumer with the new prefetch
+
+        def on_qos(_frame: Any) -> None:
+            channel = consumer.channel
+            if channel is None or channel is not current or consumer.cancelled:
+                return  # lost or cancelled meanwhile
+            consumer.tag = channel.basic_consume(consumer.queue, consumer.on_message)
+            channel.basic_cancel(old_tag)
+
+        current.basic_qos(prefetch_count=consumer.prefetch, callback=on_qos)
 
     def _cancel_on_loop(self, consumer: RabbitConsumer) -> None:
         channel = consumer.channel
