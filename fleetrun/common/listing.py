@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -143,11 +144,10 @@ def _list_one(uri: str, options: StorageOptions | None) -> Iterator[InputFile]:
         pages = _walk_local(path.rstrip("/") or "/")
     else:
         pages = (flat or _walk_sorted)(fs, path.rstrip("/"))
-    while True:
-        found = call(uri, lambda: next(pages, None), retry=False)
-        if found is None:
-            return
-        yield InputFile(with_protocol(uri, found[0]), found[1])
+    # A thousand entries per call: error translation per entry cost as much as the listing.
+    while chunk := call(uri, lambda: list(itertools.islice(pages, 1000)), retry=False):
+        for name, size in chunk:
+            yield InputFile(with_protocol(uri, name), size)
 
 
 def _info_or_none(fs: Any, path: str) -> dict[str, Any] | None:
@@ -166,8 +166,10 @@ def list_input_files(
     Each input is listed lazily and the inputs are merged, so the first files come out before
     a large listing finishes, even when the inputs are on different clouds.
     """
+    listings = [_list_one(u, options) for u in uris]
+    merged = listings[0] if len(listings) == 1 else heapq.merge(*listings, key=lambda f: f.uri)
     previous = None
-    for found in heapq.merge(*(_list_one(u, options) for u in uris), key=lambda f: f.uri):
+    for found in merged:
         if found.uri != previous:
             yield found
             previous = found.uri

@@ -125,7 +125,7 @@ class BatchHandler:
         part = part_uri(job.state_uri, message.index)
         if not storage.exists(part, options):
             return False
-        self.publish_result(consumer, delivery, message, read_part_header(part, options))
+        self.publish_result(consumer, delivery, message, read_part_header(part, options).to_bytes())
         return True
 
     def start(self, work: Work) -> bool:
@@ -177,7 +177,7 @@ class BatchHandler:
         options = message.storage_options
         if not storage.write_bytes(part, encode_part(header, []), options, exclusive=True):
             header = read_part_header(part, options)
-        self.publish_result(consumer, delivery, message, header)
+        self.publish_result(consumer, delivery, message, header.to_bytes())
 
     @staticmethod
     def _lost_try(work: Work, attempt: int) -> ErrorInfo:
@@ -281,17 +281,16 @@ class BatchHandler:
         part = part_uri(work.job.state_uri, work.index)
         if not storage.write_bytes(part, encode_part(header, []), options, exclusive=True):
             header = read_part_header(part, options)
-        self.publish_result(work.consumer, work.delivery, work.message, header)
+        self.publish_result(work.consumer, work.delivery, work.message, header.to_bytes())
 
     def publish_result(
-        self, consumer: Consumer, delivery: Delivery, message: BatchMessage, header: BatchResult
+        self, consumer: Consumer, delivery: Delivery, message: BatchMessage, result: bytes
     ) -> None:
+        """Send a batch's result (an encoded :class:`BatchResult`) to its coordinator."""
         # Acked once the result is confirmed, or refused because the job's coordinator is gone:
         # either way the part in storage is the durable record.
         self.outbox.send(
-            message.reply_to,
-            header.to_bytes(),
-            lambda error: self._after_result(consumer, delivery, error),
+            message.reply_to, result, lambda error: self._after_result(consumer, delivery, error)
         )
 
     def _after_result(

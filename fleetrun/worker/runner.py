@@ -66,7 +66,8 @@ class Runner:
         if callable(init):
             init()
 
-    def run(self, task: dict[str, Any]) -> BatchResult:
+    def run(self, task: dict[str, Any]) -> bytes:
+        """Run one batch and write its part; the part's header (the batch's result), as JSON."""
         index, attempt, items = task["index"], task["attempt"], task["items"]
         piece = TableSlice.model_validate(task["slice"]) if task.get("slice") else None
         context._set(minibatch_index=index, attempt=attempt)
@@ -120,11 +121,13 @@ class Runner:
             error=error,
             columns=columns,
         )
-        data = header.model_dump_json().encode() + b"\n" + body
-        if storage.write_bytes(task["part_uri"], data, self.options, exclusive=True):
-            return header
+        encoded = header.to_bytes()
+        if storage.write_bytes(
+            task["part_uri"], encoded + b"\n" + body, self.options, exclusive=True
+        ):
+            return encoded
         # Another try of this batch finished first; its result stands.
-        return read_part_header(task["part_uri"], self.options)
+        return read_part_header(task["part_uri"], self.options).to_bytes()
 
     def _upload_output_dir(self) -> None:
         output_uri = self.setup["output_uri"]
@@ -183,7 +186,7 @@ def serve(conn: Connection) -> None:
             conn.send(("failed", info.model_dump(), time.perf_counter() - started))
             continue
         # With the time run() and the part took, which sets the worker's prefetch.
-        conn.send(("done", header.model_dump_json(), time.perf_counter() - started))
+        conn.send(("done", header, time.perf_counter() - started))
         storage.prepare_new_file(task["part_uri"])  # while the next batch is on its way
 
 

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fleetrun.common.messages import BatchResult, ErrorInfo
+from fleetrun.common.messages import ErrorInfo
 
 
 @dataclass
 class TryResult:
     kind: str  # "done" | "failed" | "timeout" | "died"
-    result: BatchResult | None = None
+    # "done": the batch's result (its part's header) as the runner encoded it; the worker
+    # passes it on as it is, and the coordinator reads it.
+    result: bytes | None = None
     error: ErrorInfo | None = None
 
 
@@ -156,7 +158,7 @@ class RunnerProcess:
         if seconds:
             self._reported_s = seconds[0]
         if kind == "done":
-            return TryResult("done", result=BatchResult.model_validate_json(payload))
+            return TryResult("done", result=payload)
         if kind == "failed":
             info = ErrorInfo.model_validate(payload)
             if batch >= 0 or info.batch < 0:
