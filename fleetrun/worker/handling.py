@@ -306,16 +306,23 @@ class BatchHandler:
     def hand_back(self, consumer: Consumer, delivery: Delivery) -> None:
         """A batch no runner started goes back, costing it no try.
 
-        The copy carries the tries already spent (including returns the broker counted), since
-        the broker's count starts again for a new message.
+        The copy carries the tries already spent, since the broker's count starts again for a
+        new message: those fleetrun recorded, plus the returns the broker counted whose try had
+        started (as triage counts them).
         """
         body = delivery.body
         try:
             message = BatchMessage.from_bytes(body)
-            spent = message.attempt + delivery.prior_returns()
-            body = message.model_copy(update={"attempt": spent}).to_bytes()
         except ValidationError:
-            pass  # not ours to mend; triage drops it
+            message = None  # not ours to mend; triage drops it
+        if message is not None:
+            spent, returns = message.attempt, delivery.prior_returns()
+            if returns:
+                try:
+                    spent = self._tries_spent(self.jobs.get(message), message, returns)
+                except Exception:  # the job cannot be read here: count every return
+                    spent = message.attempt + returns
+            body = message.model_copy(update={"attempt": spent}).to_bytes()
         self.after(
             self.conn.publish(self.topology.batches, body), ack_if_published(consumer, delivery)
         )

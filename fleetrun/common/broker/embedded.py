@@ -85,7 +85,8 @@ class _EmbeddedConsumer(Consumer):
         self._broker = broker
         self.queue = queue
         self._prefetch = prefetch
-        self._inbox: stdqueue.Queue[Delivery] = stdqueue.Queue()
+        # None wakes a get() waiting when the consumer is cancelled.
+        self._inbox: stdqueue.Queue[Delivery | None] = stdqueue.Queue()
         self.unacked: dict[int, _Message] = {}
         self._carried: set[int] = set()  # held before the last set_prefetch: not counted
         self.active = True
@@ -137,6 +138,8 @@ class _EmbeddedConsumer(Consumer):
 
     def cancel(self) -> None:
         with self._broker._lock:
+            if self.active:
+                self._inbox.put(None)
             self.active = False
             q = self._broker._queues.get(self.queue)
             if q is not None and self in q.consumers:
