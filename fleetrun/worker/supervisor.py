@@ -207,8 +207,10 @@ class Supervisor:
             return
         try:
             dispatcher.consumer.set_prefetch(prefetch)
-            for delivery in dispatcher.surplus(keep=prefetch - len(self._slots)):
+            surplus = dispatcher.surplus(keep=prefetch - len(self._slots))
+            for delivery in surplus:
                 self._handler.hand_back(dispatcher.consumer, delivery)
+            self.log.debug("Prefetch changed.", prefetch=prefetch, handed_back=len(surplus))
         except Exception:  # a lost connection, say: the prefetch stays as it was
             self.log.exception("Could not change the prefetch.", prefetch=prefetch)
 

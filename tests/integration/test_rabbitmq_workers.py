@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -183,3 +184,42 @@ def test_a_slow_worker_holds_few_batches_so_a_fast_one_takes_the_rest(
         worker.send_signal(signal.SIGTERM)
     for worker in workers:
         assert worker.wait(30) == 0, harness.log_of(worker)
+
+
+FAST_THEN_SLOW = """\
+import os, time
+
+def run(mini_batch):
+    for path in mini_batch:
+        if int(os.path.basename(path).split(".")[0]) >= 30:
+            time.sleep(0.15)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_a_shrinking_prefetch_hands_batches_back_at_no_cost(
+    harness: Harness, rabbitmq_url: str
+) -> None:
+    """Instant batches raise a worker's prefetch; when they turn slow it shrinks, and the held
+    batches beyond it go back to the queue: each still runs once, none counts a try."""
+    harness.make_inputs(60)
+    harness.write_job(FAST_THEN_SLOW, mini_batch_size=1, run_max_try=1)
+    worker = harness.start_worker(rabbitmq_url, processes=1, extra=["--log-level", "DEBUG"])
+    harness.wait_ready(worker)
+
+    result = harness.run(broker=rabbitmq_url)
+
+    assert result.returncode == 0, result.stderr
+    assert harness.output_lines() == [p.name for p in harness.inputs]
+    summary = harness.summary()
+    assert summary["mini_batches"] == {"total": 60, "succeeded": 60, "failed": 0, "retried": 0}
+    changes = [
+        json.loads(line)
+        for line in harness.log_of(worker).splitlines()
+        if "Prefetch changed" in line
+    ]
+    assert changes and changes[0]["prefetch"] > 2, f"the prefetch never grew: {changes}"
+    shrinks = [c for c in changes[1:] if c["prefetch"] < changes[0]["prefetch"]]
+    assert shrinks and sum(c["handed_back"] for c in shrinks) > 0, changes
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, harness.log_of(worker)
