@@ -10,6 +10,7 @@ from pathlib import Path
 from fleetrun.common.broker import connect
 from fleetrun.common.broker.base import TlsFiles
 from fleetrun.common.broker.embedded import EmbeddedBroker
+from fleetrun.common.gc_pauses import fewer_pauses
 from fleetrun.common.messages import Topology
 from fleetrun.common.settings import default_cache_dir
 from fleetrun.common.spec import JobSpec, build_spec
@@ -40,8 +41,20 @@ def run(
 
     Without ``broker`` (or ``FLEETRUN_BROKER``) the job runs on an embedded broker with
     ``process_count_per_node`` local runners; with it, on every ``fleetrun worker`` of that
-    RabbitMQ broker.
+    RabbitMQ broker. While it runs, the process's garbage collector pauses less often (see
+    :mod:`fleetrun.common.gc_pauses`).
     """
+    with fewer_pauses():
+        return _run(spec, broker, progress, namespace, tls)
+
+
+def _run(
+    spec: JobSpec,
+    broker: str | list[str] | None,
+    progress: Progress | None,
+    namespace: str | None,
+    tls: TlsFiles | None,
+) -> Summary:
     spec = resolve(spec)
     broker = broker or os.environ.get("FLEETRUN_BROKER") or None
     topology = Topology(namespace or os.environ.get("FLEETRUN_NAMESPACE") or "fleetrun")

@@ -17,19 +17,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-logger: Any = structlog.get_logger("fleetrun.user")
+logger: Any  # made on first use (see __getattr__): structlog is a fifth of a runner's start-up
 job_id: str = ""
 attempt: int = 0
 minibatch_index: int = -1
 output_dir: Path = Path.cwd()
 worker: str = ""
+_bound: Any = None  # the logger bound to the values above, once asked for
+
+
+def __getattr__(name: str) -> Any:
+    global _bound
+    if name != "logger":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _bound is None:
+        import structlog
+
+        _bound = structlog.get_logger("fleetrun.user").bind(
+            job_id=job_id, batch=minibatch_index, attempt=attempt, worker=worker
+        )
+    return _bound
 
 
 def _set(**values: Any) -> None:
     """Called by the runner; not for entry scripts."""
+    global _bound
     globals().update(values)
-    globals()["logger"] = structlog.get_logger("fleetrun.user").bind(
-        job_id=job_id, batch=minibatch_index, attempt=attempt, worker=worker
-    )
+    _bound = None

@@ -25,6 +25,7 @@ from fleetrun.cli.common import (
 )
 from fleetrun.common.broker import Connection, connect
 from fleetrun.common.errors import FleetrunError, SpecError
+from fleetrun.common.gc_pauses import fewer_pauses
 from fleetrun.common.logging import configure
 from fleetrun.common.messages import Topology
 from fleetrun.common.settings import CoordinatorDaemonSettings, DaemonSettings, WorkerDaemonSettings
@@ -155,7 +156,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     _on_signals(supervisor.stop, supervisor.kill_runners)
     try:
-        return supervisor.run()
+        with fewer_pauses():
+            return supervisor.run()
     finally:
         conn.close()
 
@@ -178,6 +180,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     daemon = CoordinatorDaemon(conn, Topology(settings.namespace), settings.name, settings.max_jobs)
     _on_signals(daemon.stop, lambda: None)
     try:
-        return daemon.run()
+        with fewer_pauses():
+            return daemon.run()
     finally:
         conn.close()

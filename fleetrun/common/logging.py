@@ -7,8 +7,6 @@ import os
 import sys
 from typing import Any
 
-import structlog
-
 
 class _PikaNoise(logging.Filter):
     """pika logs every connection step, and each failed attempt at ERROR; fleetrun reports
@@ -50,6 +48,8 @@ def configure(
     With ``log_file`` every event goes to that file (as JSON lines) and only warnings and
     errors to the console: how runners keep a user's per-item logging out of the terminal.
     """
+    import structlog  # here: a runner imports this module before it needs structlog
+
     as_json = (not sys.stderr.isatty()) if json is None else json
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -90,4 +90,6 @@ def configure(
 
 
 def get_logger(**bound: Any) -> Any:
+    import structlog
+
     return structlog.get_logger("fleetrun").bind(**bound)

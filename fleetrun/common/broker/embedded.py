@@ -85,7 +85,8 @@ class _EmbeddedConsumer(Consumer):
         self._broker = broker
         self.queue = queue
         self._prefetch = prefetch
-        # None wakes a get() waiting when the consumer is cancelled.
+        # None, put when the consumer is cancelled, wakes every get() waiting (each puts it
+        # back for the next).
         self._inbox: stdqueue.Queue[Delivery | None] = stdqueue.Queue()
         self.unacked: dict[int, _Message] = {}
         self._carried: set[int] = set()  # held before the last set_prefetch: not counted
@@ -105,10 +106,14 @@ class _EmbeddedConsumer(Consumer):
         try:
             if not self.active:
                 # Cancelled: nothing more can arrive, so there is nothing to wait for.
-                return self._inbox.get_nowait()
-            return self._inbox.get(timeout=timeout)
+                delivery = self._inbox.get_nowait()
+            else:
+                delivery = self._inbox.get(timeout=timeout)
         except stdqueue.Empty:
             return None
+        if delivery is None:
+            self._inbox.put(None)
+        return delivery
 
     def _settle(self, delivery: Delivery) -> _Message | None:
         if delivery.channel is not self:
