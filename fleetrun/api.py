@@ -101,6 +101,7 @@ def _run_embedded(
         cache_dir=default_cache_dir(),
         name=f"{socket.gethostname()}:{os.getpid()}",
         namespace=topology.namespace,
+        record_tries=False,
     )
     supervisor = Supervisor(worker_conn, settings)
     thread = threading.Thread(target=supervisor.run, name="embedded-worker", daemon=True)

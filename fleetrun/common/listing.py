@@ -82,13 +82,15 @@ def _walk_local(path: str) -> Iterator[tuple[str, int | None]]:
     """A local folder, depth first in name order. ``os.scandir`` tells files from folders
     without a ``stat`` per entry; sizes are left unknown (a tabular plan asks for the few it
     needs), which lists 20,000 files about six times faster than ``fs.ls(detail=True)``."""
-    with os.scandir(path) as found:
-        entries = sorted((e.name + ("/" if e.is_dir() else ""), e.path) for e in found)
-    for key, entry_path in entries:
-        if key.endswith("/"):
-            yield from _walk_local(entry_path)
+    with os.scandir(path) as found:  # names alone: half the cost of a tuple per entry
+        names = [e.name + "/" if e.is_dir() else e.name for e in found]
+    names.sort()
+    prefix = path if path.endswith("/") else path + "/"
+    for name in names:
+        if name.endswith("/"):
+            yield from _walk_local(prefix + name[:-1])
         else:
-            yield entry_path, None
+            yield prefix + name, None
 
 
 def _walk_sorted(fs: Any, path: str) -> Iterator[tuple[str, int | None]]:

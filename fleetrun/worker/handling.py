@@ -47,9 +47,16 @@ def error_record_uri(state_uri: str, index: int, attempt: int) -> str:
 
 class BatchHandler:
     def __init__(
-        self, conn: Connection, topology: Topology, jobs: JobCache, log: Any, name: str
+        self,
+        conn: Connection,
+        topology: Topology,
+        jobs: JobCache,
+        log: Any,
+        name: str,
+        record_tries: bool = True,
     ) -> None:
         self.conn = conn
+        self.record_tries = record_tries
         self.topology = topology
         self.jobs = jobs
         self.log = log
@@ -140,13 +147,14 @@ class BatchHandler:
             work.consumer, work.delivery, work.message, work.job
         ):
             return False
-        self.tries.mark(
-            work.job.state_uri,
-            work.message.run_id,
-            work.index,
-            work.attempt,
-            work.job.spec.storage_options,
-        )
+        if self.record_tries:
+            self.tries.mark(
+                work.job.state_uri,
+                work.message.run_id,
+                work.index,
+                work.attempt,
+                work.job.spec.storage_options,
+            )
         return True
 
     def _fail_unreadable(

@@ -49,6 +49,10 @@ class WorkerSettings:
     gpu_count: int = 0
     namespace: str = "fleetrun"
     drain_timeout: float = 3600.0  # how long a drain waits for running batches
+    # Whether to record each try as started (see BatchHandler.start). The embedded broker
+    # lives and dies with its one worker, so it never returns a batch to a queue that outlives
+    # the try: there the records would never be read.
+    record_tries: bool = True
 
 
 class Supervisor:
@@ -60,7 +64,12 @@ class Supervisor:
         self.topology = Topology(settings.namespace)
         self.log = get_logger(worker=settings.name)
         self._handler = BatchHandler(
-            connection, self.topology, JobCache(settings.cache_dir), self.log, settings.name
+            connection,
+            self.topology,
+            JobCache(settings.cache_dir),
+            self.log,
+            settings.name,
+            record_tries=settings.record_tries,
         )
         self._slots = [
             RunnerSlot(i, settings.name, settings.gpu_count) for i in range(settings.processes)
