@@ -78,9 +78,10 @@ def test_every_result_arrives_once_and_every_callback_hears_it_was_confirmed(
     assert sorted(indexes) == list(range(900))
     assert consumer.get(0.5) is None
     conn.delete_queue(queue)
-    if isinstance(conn, EmbeddedConnection):
-        assert messages == 900  # confirmed at once: each result goes alone
-    else:
+    if not isinstance(conn, EmbeddedConnection):
+        # A RabbitMQ confirm takes a while: the results sent meanwhile share messages. (The
+        # embedded broker confirms at once, so results share a message only when another
+        # thread sends while one is being settled.)
         assert messages < 300, f"{messages} messages for 900 results sent faster than confirms"
 
 
