@@ -3,7 +3,9 @@
 Threads: pika's I/O thread (inside the connection) does nothing but broker I/O, so heartbeats
 never starve; one slot thread per runner process takes a batch, hands it to its runner and,
 while ``run()`` works, takes and stages the next one, then publishes the result and acks; one
-control thread listens for jobs being stopped. User code runs only in the runner processes.
+control thread hears when a job's run ends (finished or stopped), which frees the runners bound
+to it. User code runs only in the runner processes. How many batches the worker holds follows
+how long they take (:mod:`fleetrun.worker.prefetch`).
 
 A try is counted from the batch message's own ``attempt`` (what fleetrun recorded when it
 republished the batch after a failed try) plus the broker's count of returns (holders that
