@@ -31,6 +31,17 @@ def read_part_header(uri: str, options: StorageOptions | None = None) -> BatchRe
     return result
 
 
+def write_first(
+    uri: str, header: bytes, body: bytes, options: StorageOptions | None = None
+) -> bytes:
+    """Write a batch's part (its encoded header line, then ``body``) unless another try of
+    the batch wrote it first: the first writer wins. The encoded header of the part that
+    stands."""
+    if storage.write_bytes(uri, header + b"\n" + body, options, exclusive=True):
+        return header
+    return read_part_header(uri, options).to_bytes()
+
+
 def iter_part_body(
     uri: str, options: StorageOptions | None = None, chunk: int = 1 << 20
 ) -> Iterator[bytes]:

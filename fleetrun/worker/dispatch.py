@@ -62,8 +62,7 @@ class Dispatcher:
         deadline = self._clock() + timeout
         while stopping is None or not stopping.is_set():
             with self._lock:
-                while (delivery := self.consumer.get(timeout=0)) is not None:
-                    self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+                self._collect()
                 chosen = self._choose(own_job(), served())
                 if chosen is not None:
                     self._waiting.remove(chosen)
@@ -74,7 +73,7 @@ class Dispatcher:
             delivery = self.consumer.get(timeout=min(left, 0.05))
             if delivery is not None:
                 with self._lock:
-                    self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+                    self._add(delivery)
         return None
 
     def _choose(self, own_job: str | None, served: set[str]) -> _Waiting | None:
@@ -94,11 +93,18 @@ class Dispatcher:
             return oldest
         return None
 
+    def _collect(self, timeout: float = 0) -> None:
+        """Move what the consumer received into the waiting list (the lock is held)."""
+        while (delivery := self.consumer.get(timeout=timeout)) is not None:
+            self._add(delivery)
+
+    def _add(self, delivery: Delivery) -> None:
+        self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+
     def surplus(self, keep: int) -> list[Delivery]:
         """The held deliveries beyond the first ``keep`` that no slot took yet, released."""
         with self._lock:
-            while (delivery := self.consumer.get(timeout=0)) is not None:
-                self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+            self._collect()
             extra = self._waiting[max(0, keep) :]
             del self._waiting[max(0, keep) :]
         return [w.delivery for w in extra]
@@ -108,7 +114,6 @@ class Dispatcher:
         with self._lock:
             # Deliveries still in flight when the consumer was cancelled; any later one is
             # handed back by the broker itself (and costs no try: it never started).
-            while (delivery := self.consumer.get(timeout=0.1)) is not None:
-                self._waiting.append(_Waiting(delivery, _job_of(delivery), self._clock()))
+            self._collect(timeout=0.1)
             held, self._waiting = self._waiting, []
         return [w.delivery for w in held]

@@ -23,7 +23,7 @@ from fleetrun.common import storage
 from fleetrun.common.broker import Connection, Consumer, Delivery
 from fleetrun.common.errors import Unroutable
 from fleetrun.common.messages import BatchMessage, BatchResult, ErrorInfo, Topology
-from fleetrun.common.parts import encode_part, part_uri, read_part_header
+from fleetrun.common.parts import part_uri, read_part_header, write_first
 from fleetrun.worker import tabular
 from fleetrun.worker.jobs import (
     JobCache,
@@ -182,10 +182,8 @@ class BatchHandler:
             error=error,
         )
         part = part_uri(message.state_uri, message.index)
-        options = message.storage_options
-        if not storage.write_bytes(part, encode_part(header, []), options, exclusive=True):
-            header = read_part_header(part, options)
-        self.publish_result(consumer, delivery, message, header.to_bytes())
+        standing = write_first(part, header.to_bytes(), b"", message.storage_options)
+        self.publish_result(consumer, delivery, message, standing)
 
     @staticmethod
     def _lost_try(work: Work, attempt: int) -> ErrorInfo:
@@ -285,11 +283,9 @@ class BatchHandler:
             failed_items=failed_items,
             error=error,
         )
-        options = work.job.spec.storage_options
         part = part_uri(work.job.state_uri, work.index)
-        if not storage.write_bytes(part, encode_part(header, []), options, exclusive=True):
-            header = read_part_header(part, options)
-        self.publish_result(work.consumer, work.delivery, work.message, header.to_bytes())
+        standing = write_first(part, header.to_bytes(), b"", work.job.spec.storage_options)
+        self.publish_result(work.consumer, work.delivery, work.message, standing)
 
     def publish_result(
         self, consumer: Consumer, delivery: Delivery, message: BatchMessage, result: bytes

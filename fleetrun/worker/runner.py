@@ -28,6 +28,7 @@ from fleetrun.worker import entry_script
 
 if TYPE_CHECKING:
     from fleetrun.common.messages import ErrorInfo
+    from fleetrun.common.slices import TableSlice
 
 # Imported on a side thread while the runner waits for its job (see main()), and by name where
 # they are used: structlog, pydantic and the message models are two thirds of a runner's
@@ -68,6 +69,7 @@ class Runner:
         self.module: Any = None
         self.with_context = False
         self.rows: int | None = None  # the rows of the current tabular batch, once read
+        self.piece: TableSlice | None = None  # the current batch's slice, for tabular jobs
 
     def load(self) -> None:
         """Import the entry script: a failure here will fail every try the same way."""
@@ -88,12 +90,13 @@ class Runner:
     def run(self, task: dict[str, Any]) -> bytes:
         """Run one batch and write its part; the part's header (the batch's result), as JSON."""
         from fleetrun.common.messages import BatchResult, ErrorInfo
-        from fleetrun.common.parts import read_part_header
+        from fleetrun.common.parts import write_first
         from fleetrun.common.slices import TableSlice
         from fleetrun.worker import tabular
 
         index, attempt, items = task["index"], task["attempt"], task["items"]
         piece = TableSlice.model_validate(task["slice"]) if task.get("slice") else None
+        self.piece = piece
         context._set(minibatch_index=index, attempt=attempt)
         batch_context = entry_script.MiniBatchContext(index, piece.partition if piece else {})
         frame = None
@@ -145,13 +148,8 @@ class Runner:
             error=error,
             columns=columns,
         )
-        encoded = header.to_bytes()
-        if storage.write_bytes(
-            task["part_uri"], encoded + b"\n" + body, self.options, exclusive=True
-        ):
-            return encoded
-        # Another try of this batch finished first; its result stands.
-        return read_part_header(task["part_uri"], self.options).to_bytes()
+        # If another try of this batch finished first, its result stands.
+        return write_first(task["part_uri"], header.to_bytes(), body, self.options)
 
     def _upload_output_dir(self) -> None:
         output_uri = self.setup["output_uri"]
@@ -197,16 +195,12 @@ def serve(conn: Connection) -> None:
                 conn.send(("bye", None))
             return
         task = message[1]
-        runner.rows = None
+        runner.rows, runner.piece = None, None
         started = time.perf_counter()
         try:
             header = runner.run(task)
         except BaseException as exc:
-            items = task["items"]
-            if task.get("slice"):
-                from fleetrun.common.slices import TableSlice
-
-                items = [TableSlice.model_validate(task["slice"]).describe()]
+            items = [runner.piece.describe()] if runner.piece is not None else task["items"]
             info = error_info("exception", exc, task["index"], task["attempt"], items)
             info.rows = runner.rows  # a tabular batch's rows, if they were read
             conn.send(("failed", info.model_dump(), time.perf_counter() - started))

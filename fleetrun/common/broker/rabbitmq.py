@@ -11,27 +11,26 @@ On a lost connection the thread reconnects with backoff, going round the shuffle
 cluster URLs, and replays what the callers set up (queues, exchanges, bindings, consumers).
 Deliveries from the lost channel become stale (their acks are dropped: the broker has already
 requeued them) and unconfirmed publishes fail with :class:`ConnectionLost`, for the caller to
-retry.
+retry. Publishing lives in :mod:`.rabbitmq_publishing`, consuming in :mod:`.rabbitmq_consumer`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 import pika
 import pika.exceptions
 from pika.channel import Channel
-from pika.spec import Basic, BasicProperties
 
 from fleetrun.common.broker.base import Connection, Delivery, TlsFiles
 from fleetrun.common.broker.rabbitmq_consumer import ConsumingMixin, RabbitConsumer
+from fleetrun.common.broker.rabbitmq_publishing import PublishingMixin
 from fleetrun.common.broker.rabbitmq_setup import (
     CONNECT_TIMEOUT,
     QUORUM_ARGS,
@@ -39,12 +38,12 @@ from fleetrun.common.broker.rabbitmq_setup import (
     parameters,
     redact,
 )
-from fleetrun.common.errors import BrokerError, BrokerUnavailable, ConnectionLost, Unroutable
+from fleetrun.common.errors import BrokerError, BrokerUnavailable, ConnectionLost
 
 log = logging.getLogger(__name__)
 
 
-class RabbitConnection(ConsumingMixin, Connection):
+class RabbitConnection(ConsumingMixin, PublishingMixin, Connection):
     """A connection to RabbitMQ (or a cluster, tried in turn) with a reconnecting I/O thread."""
 
     def __init__(
@@ -113,11 +112,8 @@ class RabbitConnection(ConsumingMixin, Connection):
             self._conn = conn
             conn.ioloop.start()
             with self._lock:
-                # Calls queued for a wake-up of this loop that never came wait for the next
-                # connection, ahead of any made since.
                 self._conn = None
-                self._pending[:0], self._queued = self._queued, []
-                self._wakeup_scheduled = False
+                self._keep_queued_for_next_connection()
             if self._closing or self._fatal is not None:
                 return
             time.sleep(min(10.0, 0.2 * 2 ** min(self._attempt, 6)) * random.uniform(0.5, 1.0))
@@ -139,12 +135,7 @@ class RabbitConnection(ConsumingMixin, Connection):
 
     def _on_close(self, conn: pika.SelectConnection, reason: BaseException) -> None:
         self._channel = None
-        with self._lock:
-            unconfirmed, self._unconfirmed = self._unconfirmed, {}
-            self._returned.clear()
-        for future in unconfirmed.values():
-            if not future.done():
-                future.set_exception(ConnectionLost(f"connection lost before confirm: {reason}"))
+        self._fail_unconfirmed(ConnectionLost(f"connection lost before confirm: {reason}"))
         for consumer in self._consumers:
             consumer.channel = None
             consumer.outstanding.clear()
@@ -154,11 +145,7 @@ class RabbitConnection(ConsumingMixin, Connection):
         conn.ioloop.stop()
 
     def _on_publish_channel(self, channel: Channel) -> None:
-        self._channel = channel
-        self._seq = 0
-        channel.confirm_delivery(self._on_confirm)
-        channel.add_on_return_callback(self._on_return)
-        channel.add_on_close_callback(self._on_channel_closed)
+        self._confirm_on(channel)
         self._replay(list(self._declared.values()), self._after_replay)
 
     def _replay(
@@ -189,51 +176,14 @@ class RabbitConnection(ConsumingMixin, Connection):
         if channel is not self._channel:
             return
         self._channel = None
-        with self._lock:
-            unconfirmed, self._unconfirmed = self._unconfirmed, {}
-        for future in unconfirmed.values():
-            if not future.done():
-                future.set_exception(BrokerError(f"publishing channel closed: {reason}"))
+        self._fail_unconfirmed(BrokerError(f"publishing channel closed: {reason}"))
         conn = self._conn
         if conn is not None and conn.is_open and not self._closing:
             conn.channel(on_open_callback=self._reopened_publish_channel)
 
     def _reopened_publish_channel(self, channel: Channel) -> None:
-        self._channel = channel
-        self._seq = 0
-        channel.confirm_delivery(self._on_confirm)
-        channel.add_on_return_callback(self._on_return)
-        channel.add_on_close_callback(self._on_channel_closed)
+        self._confirm_on(channel)
         self._run_pending()
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        ok = isinstance(method, Basic.Ack)
-        with self._lock:
-            if method.multiple:
-                # Tags are inserted in increasing order: the confirmed ones are at the front.
-                tags = list(
-                    itertools.takewhile(lambda t: t <= method.delivery_tag, self._unconfirmed)
-                )
-            else:
-                tags = [method.delivery_tag]
-            futures = [(t, self._unconfirmed.pop(t)) for t in tags if t in self._unconfirmed]
-        for tag, future in futures:
-            if future.done():
-                continue
-            if not ok:
-                future.set_exception(BrokerError("the broker refused the message (nack)"))
-            elif str(tag) in self._returned:
-                self._returned.discard(str(tag))
-                future.set_exception(Unroutable("the message was unroutable: no such queue"))
-            else:
-                future.set_result(None)
-
-    def _on_return(
-        self, channel: Channel, method: Any, props: BasicProperties, body: bytes
-    ) -> None:
-        if props.message_id:
-            self._returned.add(props.message_id)
 
     def _call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread once a connection is up, after the calls made before.
@@ -256,8 +206,13 @@ class RabbitConnection(ConsumingMixin, Connection):
             conn.ioloop.add_callback_threadsafe(self._run_queued)
         except Exception:  # the loop is shutting down; the next connection runs them
             with self._lock:
-                self._pending[:0], self._queued = self._queued, []
-                self._wakeup_scheduled = False
+                self._keep_queued_for_next_connection()
+
+    def _keep_queued_for_next_connection(self) -> None:
+        """Calls queued for a wake-up of the loop that never came wait for the next
+        connection, ahead of any made since (the lock is held)."""
+        self._pending[:0], self._queued = self._queued, []
+        self._wakeup_scheduled = False
 
     def _run_queued(self) -> None:
         with self._lock:
@@ -356,42 +311,6 @@ class RabbitConnection(ConsumingMixin, Connection):
 
         self._declared.pop(f"queue {queue}", None)
         self._call_and_wait(run)
-
-    # -- publishing ----------------------------------------------------------------------------
-
-    def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        exchange: str = "",
-        headers: Mapping[str, Any] | None = None,
-    ) -> Future[None]:
-        future: Future[None] = Future()
-        if self._closing:
-            future.set_exception(ConnectionLost("the connection is closed"))
-            return future
-
-        def run() -> None:
-            channel = self._channel
-            if channel is None or not channel.is_open:
-                future.set_exception(ConnectionLost("no open channel to publish on"))
-                return
-            self._seq += 1
-            with self._lock:
-                self._unconfirmed[self._seq] = future
-            props = BasicProperties(
-                delivery_mode=2, headers=dict(headers or {}), message_id=str(self._seq)
-            )
-            try:
-                channel.basic_publish(exchange, routing_key, body, props, mandatory=not exchange)
-            except Exception as exc:
-                with self._lock:
-                    self._unconfirmed.pop(self._seq, None)
-                future.set_exception(ConnectionLost(f"publish failed: {exc}"))
-
-        self._call(run)
-        return future
 
     # -- closing -------------------------------------------------------------------------------
 
